@@ -1,0 +1,79 @@
+"""The project's exception types, one per failure kind.
+
+Every layer raises these; only the HTTP layer (``serving/``) decides which
+status code and JSON body each becomes, so ``models/`` stays free of HTTP.
+"""
+
+from __future__ import annotations
+
+
+class RtimError(Exception):
+    """Base of every error the server reports to a client.
+
+    ``code`` is a stable machine-readable string, ``field`` names the part of
+    the request at fault (``events[3].ts``) or is ``None``.
+    """
+
+    code = "error"
+
+    def __init__(self, message: str, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class ValidationError(RtimError):
+    """The request is well-formed but a value in it is wrong or missing."""
+
+    code = "invalid_request"
+
+
+class MalformedBody(RtimError):
+    """The body cannot be decoded (bad JSON or msgpack)."""
+
+    code = "malformed_body"
+
+
+class PayloadTooLarge(RtimError):
+    """The body is larger than the configured limit."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RtimError):
+    """The body's content type is neither JSON nor msgpack."""
+
+    code = "unsupported_media_type"
+
+
+class NotFound(RtimError):
+    """The named customer, model or route does not exist."""
+
+    code = "not_found"
+
+
+class CatalogError(RtimError):
+    """A catalogue failed validation; ``field`` names offer, rule and field."""
+
+    code = "invalid_catalog"
+
+
+class ModelError(RtimError):
+    """A propensity model cannot be loaded or does not match its manifest."""
+
+    code = "invalid_model"
+
+
+class Unavailable(RtimError):
+    """The server cannot take the work now (overload, shard down, disk)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, code: str | None = None) -> None:
+        super().__init__(message, None, code)
+        self.retry_after_s = retry_after_s

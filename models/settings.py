@@ -1,0 +1,130 @@
+"""Server settings, in one place: defaults, an optional YAML file, environment.
+
+Precedence, lowest first: the defaults below, the YAML file named by
+``--config`` or ``RTIM_CONFIG``, then ``RTIM_<FIELD>`` environment variables
+(e.g. ``RTIM_SHARDS=4``), then command-line options. Every value is checked
+once, here, with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can tune. See README, "Configuration"."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    shards: int = 0  # 0 = one per CPU that Ray sees
+    partitions: int = 256
+    ingress_replicas: int = 1
+    ingress_mode: str = "proxy"  # "haproxy" (Serve direct ingress) or "proxy"
+    max_body_bytes: int = 1 << 20
+    max_batch_events: int = 1000
+    max_batch_decisions: int = 1000
+    max_decide_limit: int = 20
+    max_future_skew_s: float = 300.0
+    session_gap_s: float = 1800.0
+    data_dir: str = "var"
+    catalog: str = str(DEMO_DIR / "catalog.yaml")
+    model_registry: str = str(DEMO_DIR / "registry")
+    model_version: str = ""  # "" = newest version in the registry
+    decision_log_size: int = 10000  # decisions kept in memory per shard
+    shard_call_timeout_s: float = 10.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        positive = (
+            "port", "partitions", "ingress_replicas", "max_body_bytes", "max_batch_events",
+            "max_batch_decisions", "max_decide_limit", "session_gap_s", "decision_log_size",
+            "shard_call_timeout_s",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.shards < 0:
+            raise SettingsError("setting shards must be >= 0 (0 = one per CPU)")
+        if self.shards and self.shards > self.partitions:
+            raise SettingsError("setting shards must not exceed partitions")
+        if self.ingress_mode not in ("haproxy", "proxy"):
+            raise SettingsError("setting ingress_mode must be 'haproxy' or 'proxy'")
+        if not 0 < self.port < 65536:
+            raise SettingsError("setting port must be 1..65535")
+
+    def with_shards(self, n: int) -> Settings:
+        return dataclasses.replace(self, shards=n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        return cls(**data)
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, dict):
+            if not isinstance(raw, dict):
+                raise TypeError
+            return raw
+        return str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {name}: cannot use {raw!r}") from None
+
+
+def load_settings(
+    config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Defaults ← YAML file ← ``RTIM_*`` environment ← ``overrides``."""
+    defaults = Settings()
+    known = {f.name: getattr(defaults, f.name) for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or os.environ.get("RTIM_CONFIG")
+    if path:
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must hold a mapping")
+        for key, raw in data.items():
+            if key not in known:
+                raise SettingsError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, known[key])
+    for key, default in known.items():
+        env = os.environ.get(f"RTIM_{key.upper()}")
+        if env is not None and key != "extra":
+            values[key] = _coerce(key, env, default)
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if key not in known:
+            raise SettingsError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, raw, known[key])
+    return Settings(**{**known, **values})

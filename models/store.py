@@ -1,0 +1,85 @@
+"""The in-memory profile store of one shard: customer id → packed profile.
+
+Profiles rest as msgpack blobs (a few hundred bytes each, no per-field Python
+objects) and are unpacked only while an event batch or a decision touches
+them. The store is plain Python so it can be unit-tested and benchmarked
+without Ray; :class:`actors.shard.ProfileShard` owns one and adds
+concurrency, ownership checks and durability around it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+
+from models.events import Event
+from models.profile import Profile
+
+
+class ProfileStore:
+    """Packed profiles keyed by customer id."""
+
+    def __init__(self, session_gap_s: float = 1800.0) -> None:
+        if session_gap_s <= 0:
+            raise ValueError("session_gap_s must be > 0")
+        self.session_gap_s = session_gap_s
+        self._blobs: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def __contains__(self, customer_id: str) -> bool:
+        return customer_id in self._blobs
+
+    def ids(self) -> Iterator[str]:
+        return iter(list(self._blobs))
+
+    def get(self, customer_id: str) -> Profile | None:
+        blob = self._blobs.get(customer_id)
+        return None if blob is None else Profile.unpack(customer_id, blob)
+
+    def get_or_new(self, customer_id: str) -> Profile:
+        blob = self._blobs.get(customer_id)
+        return Profile(customer_id) if blob is None else Profile.unpack(customer_id, blob)
+
+    def put(self, profile: Profile) -> None:
+        self._blobs[profile.customer_id] = profile.pack()
+
+    def put_blob(self, customer_id: str, blob: bytes) -> None:
+        self._blobs[customer_id] = blob
+
+    def blob(self, customer_id: str) -> bytes | None:
+        return self._blobs.get(customer_id)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return list(self._blobs.items())
+
+    def delete(self, customer_id: str) -> bool:
+        return self._blobs.pop(customer_id, None) is not None
+
+    def apply_events(self, events: Iterable[Event], now: float) -> tuple[int, int]:
+        """Apply events in order; return (applied, duplicates).
+
+        Each touched profile is unpacked once and packed once per batch.
+        """
+        touched: dict[str, Profile] = {}
+        applied = duplicates = 0
+        gap = self.session_gap_s
+        for ev in events:
+            p = touched.get(ev.customer_id)
+            if p is None:
+                p = touched[ev.customer_id] = self.get_or_new(ev.customer_id)
+            if p.apply(ev, now, gap):
+                applied += 1
+            else:
+                duplicates += 1
+        for p in touched.values():
+            self.put(p)
+        return applied, duplicates
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held by keys, blobs and the dict's slots."""
+        total = sys.getsizeof(self._blobs)
+        for k, v in self._blobs.items():
+            total += sys.getsizeof(k) + sys.getsizeof(v)
+        return total

@@ -1,0 +1,93 @@
+"""The ``rtim`` command line.
+
+``rtim serve`` starts an embedded local Ray (or joins one with
+``--address``), the shard actors and the HTTP API, prints the URLs, and
+stops cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from models.settings import SettingsError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(
+            args.config,
+            {
+                "host": args.host,
+                "port": args.port,
+                "shards": args.shards,
+                "partitions": args.partitions,
+                "data_dir": args.data_dir,
+                "catalog": args.catalog,
+                "model_registry": args.model_registry,
+                "ingress_mode": args.ingress_mode,
+                "ingress_replicas": args.replicas,
+            },
+        )
+    except SettingsError as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 2
+    from serving import server  # imports Ray: keep `rtim --help` fast
+
+    print(f"rtim: starting ({'joining ' + args.address if args.address else 'embedded Ray'})...")
+    try:
+        runtime = server.start(settings, address=args.address)
+    except server.PortInUse as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 1
+    print(f"rtim: serving with {runtime.shards} shards, ingress mode {settings.ingress_mode}")
+    print(f"  API      {runtime.url}/v1/")
+    print(f"  docs     {runtime.url}/docs")
+    print(f"  OpenAPI  {runtime.url}/openapi.json")
+    print(f"  health   {runtime.url}/healthz  {runtime.url}/readyz")
+    if args.detach:
+        print("rtim: detached; the app keeps running on the cluster")
+        return 0
+    print("rtim: press Ctrl-C to stop", flush=True)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.wait(1.0):
+        pass
+    print("\nrtim: stopping...", flush=True)
+    server.stop(runtime)
+    print("rtim: stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtim", description="Real-time decision server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--config", help="YAML settings file (also RTIM_CONFIG)")
+    s.add_argument("--address", help="join this Ray cluster (e.g. 'auto') instead of embedding one")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--shards", type=int, help="ProfileShard actors (default: one per CPU)")
+    s.add_argument("--partitions", type=int)
+    s.add_argument("--replicas", type=int, help="ingress replicas")
+    s.add_argument("--data-dir")
+    s.add_argument("--catalog", help="catalogue YAML (default: the bundled demo)")
+    s.add_argument("--model-registry", help="model registry directory (default: bundled)")
+    s.add_argument("--ingress-mode", choices=["haproxy", "proxy"])
+    s.add_argument("--detach", action="store_true", help="deploy and exit (cluster mode)")
+    s.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

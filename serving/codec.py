@@ -1,0 +1,75 @@
+"""Request and response bodies: JSON or msgpack, with a size limit.
+
+JSON is the default. A client sends ``Content-Type: application/msgpack`` to
+post msgpack and ``Accept: application/msgpack`` to get msgpack back; a
+msgpack request without an ``Accept`` header is answered in msgpack too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+from starlette.requests import Request
+from starlette.responses import Response
+
+from models.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def wants_msgpack(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    if any(t in accept for t in _MSGPACK_TYPES):
+        return True
+    sent = _media_type(request.headers.get("content-type"))
+    return sent in _MSGPACK_TYPES and accept in ("", "*/*")
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """Decode the body as JSON or msgpack; enforce ``limit`` bytes."""
+    ctype = _media_type(request.headers.get("content-type"))
+    if ctype not in ("", JSON, *_MSGPACK_TYPES) and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"unsupported content type {ctype!r}; send application/json or application/msgpack",
+            "content-type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise MalformedBody("request body is empty", "body")
+    if ctype in _MSGPACK_TYPES:
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise MalformedBody(f"body is not valid msgpack: {exc}", "body") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}", "body") from None
+
+
+def encode(
+    data: Any, msgpack_out: bool, status: int = 200, headers: dict | None = None
+) -> Response:
+    if msgpack_out:
+        body = msgpack.packb(data, use_bin_type=True)
+        return Response(body, status_code=status, media_type=MSGPACK, headers=headers)
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)

@@ -1,0 +1,153 @@
+"""``ShardRegion``: the ingress side of sharding (Akka's term).
+
+It caches the partition map and the shard actor handles, routes each call
+to the shard that owns the customer, and refreshes its cache from the
+coordinator when a shard reports a newer epoch. Calls that fail because a
+shard actor died are retried with backoff while the shard restarts, within
+the call's deadline; events are idempotent by ``event_id`` so a retried
+batch is never double counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from actors.coordinator import get_or_create_coordinator
+from models.errors import Unavailable
+from models.events import Event
+from models.partitioning import PartitionMap
+from models.settings import Settings
+
+log = logging.getLogger("rtim.region")
+
+_RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+_MAX_STALE_RETRIES = 3
+
+
+class ShardRegion:
+    """Routes work to shards; one per ingress replica."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.map: PartitionMap | None = None
+        self.shards: list[Any] = []
+        self._coordinator = None
+        self._refresh_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._coordinator = get_or_create_coordinator(self.settings)
+        await self.refresh(0)
+
+    async def refresh(self, seen_epoch: int) -> None:
+        """Fetch the topology unless someone already did for ``seen_epoch``."""
+        async with self._refresh_lock:
+            if self.map is not None and self.map.epoch > seen_epoch:
+                return
+            topo = await self._coordinator.topology.remote()
+            m = topo["map"]
+            self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
+            self.shards = topo["shards"]
+            log.info("partition map epoch %s, %s shards", self.map.epoch, len(self.shards))
+
+    def shard_of(self, customer_id: str) -> int:
+        assert self.map is not None
+        return self.map.shard_of(customer_id)
+
+    async def _invoke(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
+        """One shard call (map epoch appended), retried while the actor restarts."""
+        delay = 0.05
+        while True:
+            assert self.map is not None
+            try:
+                ref = getattr(self.shards[shard], method).remote(*args, self.map.epoch)
+                remaining = max(deadline - time.monotonic(), 0.001)
+                return await asyncio.wait_for(ref, timeout=remaining)
+            except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(
+                        f"shard {shard} is not answering ({type(exc).__name__}); retry later",
+                        retry_after_s=1.0,
+                        code="shard_unavailable",
+                    ) from None
+                log.warning("shard %s call %s failed (%s); retrying", shard, method, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def call_for(self, customer_id: str, method: str, *args: Any) -> Any:
+        """Call ``method(customer_id, *args, epoch)`` on the customer's shard.
+
+        A ``{"stale": e}`` answer means our map is old: refresh and re-route.
+        """
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        for _ in range(_MAX_STALE_RETRIES + 1):
+            assert self.map is not None
+            epoch = self.map.epoch
+            result = await self._invoke(
+                self.shard_of(customer_id), method, (customer_id, *args), deadline
+            )
+            if not (isinstance(result, dict) and "stale" in result):
+                return result
+            await self.refresh(epoch)
+        raise Unavailable("partition map keeps changing; retry", code="rebalancing")
+
+    def group(self, events: Sequence[Event]) -> dict[int, list[Event]]:
+        assert self.map is not None
+        groups: dict[int, list[Event]] = defaultdict(list)
+        shard_of = self.map.shard_of
+        for ev in events:
+            groups[shard_of(ev.customer_id)].append(ev)
+        return groups
+
+    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Apply a validated batch: one call per owning shard, all in parallel."""
+        for _ in range(_MAX_STALE_RETRIES + 1):
+            assert self.map is not None
+            epoch = self.map.epoch
+            groups = self.group(events)
+            results = await asyncio.gather(
+                *(self._apply_group(shard, evs) for shard, evs in groups.items())
+            )
+            applied = sum(r.get("applied", 0) for r in results)
+            dups = sum(r.get("duplicates", 0) for r in results)
+            stale = [r for r in results if "stale" in r]
+            if not stale:
+                return applied, dups
+            # Some shards refused the batch because our map is old: refresh and
+            # resend everything; shards that did apply will report duplicates.
+            await self.refresh(epoch)
+        raise Unavailable("partition map keeps changing; retry", code="rebalancing")
+
+    async def _apply_group(self, shard: int, events: list[Event]) -> dict:
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        return await self._invoke(shard, "apply_events", (events,), deadline)
+
+    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
+        async def one(h: Any) -> dict | None:
+            try:
+                return await asyncio.wait_for(h.ping.remote(), timeout_s)
+            except Exception:
+                return None
+
+        return list(await asyncio.gather(*(one(h) for h in self.shards)))
+
+    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(
+                    asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
+                    for h in self.shards
+                )
+            )
+        )
+
+
+def ray_is_initialized() -> bool:
+    return ray.is_initialized()

@@ -1,0 +1,60 @@
+"""Shared fixtures: one real local Ray + Serve server for the whole session.
+
+The server is started through :func:`serving.server.start`, the same path as
+``make serve``, on a free loopback port with a temporary data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("rtim-data")
+    return load_settings(
+        None,
+        {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "shards": 2,
+            "partitions": 64,
+            "data_dir": str(data),
+            "max_batch_events": 500,
+            "max_body_bytes": 256 * 1024,
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def server(server_settings: Settings) -> Iterator[str]:
+    from serving import server as srv
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    runtime = srv.start(server_settings, num_cpus=2)
+    try:
+        yield runtime.url
+    finally:
+        srv.stop(runtime)
+
+
+@pytest.fixture(scope="session")
+async def client(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server, timeout=30.0) as c:
+        yield c
