@@ -15,6 +15,7 @@ failed credit check) are kept separately in :attr:`Profile.last`.
 from __future__ import annotations
 
 import hashlib
+import struct
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,9 @@ SESSION_EVENTS = 20  # last N events kept in the current session
 SESSION_PAGES = 20
 HISTORY_MAX = 64  # contact/response history entries kept per profile
 HISTORY_HORIZON_S = 90 * DAY
-SEEN_IDS = 32  # event ids remembered per profile for idempotency
+SEEN_IDS = 32  # event ids remembered per profile for idempotency ...
+SEEN_TTL_S = DAY  # ... for at most this long
+_SEEN = struct.Struct("<I8s")  # (epoch seconds, digest) per remembered id
 _PACK_VERSION = 1
 
 # History entry kinds. An impression is a contact; the rest are responses.
@@ -93,7 +96,7 @@ class Profile:
     session: Session | None = None
     history: list = field(default_factory=list)  # [[ts, offer_id, channel, kind], ...] by ts
     holdings: list = field(default_factory=list)  # products held
-    seen: bytes = b""  # ring of 8-byte event-id digests
+    seen: bytes = b""  # recent event ids: packed (u32 seconds, 8-byte digest) entries
     abandoned_cart: list | None = None  # [ts, value, n_items] of the last abandoned cart
 
     # -- storage ------------------------------------------------------------------
@@ -165,13 +168,18 @@ class Profile:
 
     # -- updates ------------------------------------------------------------------
 
-    def is_duplicate(self, event_id: str) -> bool:
+    def is_duplicate(self, event_id: str, now: float) -> bool:
+        """True when this event id was applied within the dedupe TTL."""
         d = event_digest(event_id)
-        seen = self.seen
-        return any(seen[i : i + 8] == d for i in range(0, len(seen), 8))
+        cutoff = now - SEEN_TTL_S
+        return any(ts >= cutoff and dig == d for ts, dig in _SEEN.iter_unpack(self.seen))
 
-    def remember(self, event_id: str) -> None:
-        self.seen = (self.seen + event_digest(event_id))[-SEEN_IDS * 8 :]
+    def remember(self, event_id: str, now: float) -> None:
+        cutoff = now - SEEN_TTL_S
+        kept = b"".join(
+            _SEEN.pack(ts, dig) for ts, dig in _SEEN.iter_unpack(self.seen) if ts >= cutoff
+        )
+        self.seen = (kept + _SEEN.pack(int(now), event_digest(event_id)))[-SEEN_IDS * _SEEN.size :]
 
     def bump(self, key: str, ts: float, now: float) -> None:
         """Add one occurrence of ``key`` at ``ts`` to its rolling counter."""
@@ -211,9 +219,9 @@ class Profile:
 
     def apply(self, ev: Event, now: float, session_gap_s: float) -> bool:
         """Apply one event; return False when it is a duplicate (already applied)."""
-        if self.is_duplicate(ev.event_id):
+        if self.is_duplicate(ev.event_id, now):
             return False
-        self.remember(ev.event_id)
+        self.remember(ev.event_id, now)
         ts = ev.ts
         if not self.first_seen or ts < self.first_seen:
             self.first_seen = ts

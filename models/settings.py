@@ -40,6 +40,10 @@ class Settings:
     max_future_skew_s: float = 300.0
     session_gap_s: float = 1800.0
     data_dir: str = "var"
+    fsync: str = "always"  # always | batch | off (see README, Operations)
+    fsync_interval_s: float = 0.05  # with fsync=batch: at most this long unsynced
+    snapshot_interval_s: float = 300.0
+    snapshot_journal_bytes: int = 64 << 20  # snapshot sooner once the journal is this big
     catalog: str = str(DEMO_DIR / "catalog.yaml")
     model_registry: str = str(DEMO_DIR / "registry")
     model_version: str = ""  # "" = newest version in the registry
@@ -51,7 +55,7 @@ class Settings:
         positive = (
             "port", "partitions", "ingress_replicas", "max_body_bytes", "max_batch_events",
             "max_batch_decisions", "max_decide_limit", "session_gap_s", "decision_log_size",
-            "shard_call_timeout_s",
+            "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -60,6 +64,8 @@ class Settings:
             raise SettingsError("setting shards must be >= 0 (0 = one per CPU)")
         if self.shards and self.shards > self.partitions:
             raise SettingsError("setting shards must not exceed partitions")
+        if self.fsync not in ("always", "batch", "off"):
+            raise SettingsError("setting fsync must be 'always', 'batch' or 'off'")
         if self.ingress_mode not in ("haproxy", "proxy"):
             raise SettingsError("setting ingress_mode must be 'haproxy' or 'proxy'")
         if not 0 < self.port < 65536:

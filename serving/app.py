@@ -84,13 +84,16 @@ class Ingress:
         region = await self._region()
         pings = await region.ping_all()
         down = [i for i, p in enumerate(pings) if p is None]
+        degraded = {i: p["degraded"] for i, p in enumerate(pings) if p and p["degraded"]}
+        ok = not down and not degraded
         body = {
-            "status": "ready" if not down else "unavailable",
+            "status": "ready" if ok else "unavailable",
             "shards": len(pings),
             "down": down,
+            "degraded": degraded,
             "epoch": region.map.epoch if region.map else None,
         }
-        return encode(body, wants_msgpack(request), 200 if not down else 503)
+        return encode(body, wants_msgpack(request), 200 if ok else 503)
 
     @api.get("/noop", tags=["operations"], summary="Does nothing (benchmark baseline)")
     async def noop(self) -> Response:
@@ -146,6 +149,17 @@ class Ingress:
         return encode({"deleted": cid}, wants_msgpack(request))
 
     # -- admin --------------------------------------------------------------------
+
+    @api.post(
+        f"/{API_VERSION}/admin/snapshot",
+        tags=["admin"],
+        summary="Snapshot every shard now and compact its journal",
+    )
+    async def snapshot(self, request: Request) -> Response:
+        region = await self._region()
+        results = await region.broadcast("snapshot", timeout_s=300.0)
+        failed = [r for r in results if "unavailable" in r]
+        return encode({"shards": results}, wants_msgpack(request), 503 if failed else 200)
 
     @api.get(f"/{API_VERSION}/admin/shards", tags=["admin"], summary="Shard statistics")
     async def shard_stats(self, request: Request) -> Response:

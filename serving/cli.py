@@ -37,6 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from serving import server  # imports Ray: keep `rtim --help` fast
 
+    # Handle Ctrl-C ourselves from here on: one during start-up is honoured
+    # as soon as start-up is done, so we never leave half-started actors.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     print(f"rtim: starting ({'joining ' + args.address if args.address else 'embedded Ray'})...")
     try:
         runtime = server.start(settings, address=args.address)
@@ -52,9 +57,6 @@ def _serve(args: argparse.Namespace) -> int:
         print("rtim: detached; the app keeps running on the cluster")
         return 0
     print("rtim: press Ctrl-C to stop", flush=True)
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
     while not stopping.wait(1.0):
         pass
     print("\nrtim: stopping...", flush=True)

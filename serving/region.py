@@ -69,7 +69,7 @@ class ShardRegion:
             try:
                 ref = getattr(self.shards[shard], method).remote(*args, self.map.epoch)
                 remaining = max(deadline - time.monotonic(), 0.001)
-                return await asyncio.wait_for(ref, timeout=remaining)
+                result = await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
@@ -80,6 +80,12 @@ class ShardRegion:
                 log.warning("shard %s call %s failed (%s); retrying", shard, method, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            if isinstance(result, dict) and "unavailable" in result:
+                raise Unavailable(
+                    f"shard {shard}: {result['unavailable']}", 5.0, code="storage_unavailable"
+                )
+            return result
 
     async def call_for(self, customer_id: str, method: str, *args: Any) -> Any:
         """Call ``method(customer_id, *args, epoch)`` on the customer's shard.

@@ -7,7 +7,7 @@ The server is started through :func:`serving.server.start`, the same path as
 from __future__ import annotations
 
 import os
-import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,12 +17,9 @@ import pytest
 from models.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests_support
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests_support import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

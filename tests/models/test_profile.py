@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from models.events import Event
-from models.profile import HISTORY_MAX, Profile
+from models.profile import HISTORY_MAX, SEEN_IDS, Profile
 
 NOW = 1_800_000_000.0
 GAP = 1800.0
@@ -158,6 +158,18 @@ def test_duplicate_event_ids_are_ignored() -> None:
     assert p.count("page_view", 3600, NOW) == 1
 
 
+def test_duplicates_are_remembered_for_a_bounded_number_and_time() -> None:
+    p = Profile("c1")
+    first = e("page_view")
+    p.apply(first, NOW, GAP)
+    assert p.is_duplicate(first.event_id, NOW + 3600)
+    assert not p.is_duplicate(first.event_id, NOW + 2 * 86400)  # past the TTL
+    for _ in range(SEEN_IDS):
+        p.apply(e("page_view"), NOW, GAP)
+    assert not p.is_duplicate(first.event_id, NOW)  # pushed out of the ring
+    assert len(p.seen) == SEEN_IDS * 12
+
+
 def test_pack_roundtrip_keeps_everything() -> None:
     p = apply(
         Profile("c1"),
@@ -168,7 +180,7 @@ def test_pack_roundtrip_keeps_everything() -> None:
     )
     q = Profile.unpack("c1", p.pack())
     assert q.to_dict(NOW, GAP) == p.to_dict(NOW, GAP)
-    assert q.is_duplicate(p.seen and "x") is False
+    assert q.is_duplicate("not-seen", NOW) is False
 
 
 def test_packed_profile_is_compact() -> None:

@@ -1,0 +1,109 @@
+"""The journal: group commit, recovery, torn tails, snapshots and compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from actors.journal import Journal, read_records
+from models.errors import Unavailable
+
+
+async def write(j: Journal, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        j.append("ev", i)
+    await j.commit()
+
+
+async def test_records_survive_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    state, recs = j.recover()
+    assert state is None and list(recs) == []
+    await write(j, 5)
+    j.close()
+    state, recs = Journal(tmp_path).recover()
+    assert [r[2] for r in recs] == [0, 1, 2, 3, 4]
+
+
+async def test_concurrent_commits_are_grouped(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+
+    async def one(i: int) -> None:
+        j.append("ev", i)
+        await j.commit()
+
+    await asyncio.gather(*(one(i) for i in range(200)))
+    assert j.commits < 200  # fewer writes than callers
+    j.close()
+    _, recs = Journal(tmp_path).recover()
+    assert sorted(r[2] for r in recs) == list(range(200))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+async def test_torn_tail_is_skipped_and_logged(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    await write(j, 10)
+    seg = j.seg_path(j.segment)
+    j.close()
+    data = seg.read_bytes()
+    if damage == "truncate":
+        seg.write_bytes(data[:-3])
+    else:
+        seg.write_bytes(data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:])
+    with caplog.at_level(logging.WARNING, logger="rtim.journal"):
+        _, recs = Journal(tmp_path).recover()
+        got = [r[2] for r in recs]
+    assert got == list(range(9))
+    assert "torn or corrupt tail" in caplog.text
+
+
+async def test_snapshot_compacts_and_recovery_skips_covered_records(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    await write(j, 3)
+    upto = j.rotate()
+    state = {"lsn": j.lsn, "items": [0, 1, 2]}
+    j.append("ev", 3)  # appended after the snapshot's instant
+    await j.commit()
+    j.write_snapshot(upto, state)
+    assert j.snapshots() == [upto]
+    assert all(n > upto for n in j.segments())
+    j.close()
+    state2, recs = Journal(tmp_path).recover()
+    assert state2["items"] == [0, 1, 2]
+    assert [r[2] for r in recs] == [3]
+
+
+async def test_write_failure_raises_and_is_never_acknowledged(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    await write(j, 1)
+    j.rotate()
+    nxt = j.seg_path(j._next_segment)
+    nxt.symlink_to("/dev/full")  # the next segment's writes fail with ENOSPC
+    j.append("ev", 1)
+    with pytest.raises(Unavailable, match="journal write failed"):
+        await j.commit()
+    j.append("ev", 2)
+    with pytest.raises(Unavailable):
+        await j.commit()
+
+
+def test_unusable_directory_raises_oserror(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError):
+        Journal(blocker / "shard-0").recover()
+
+
+def test_read_records_of_empty_file(tmp_path: Path) -> None:
+    f = tmp_path / "journal-00000001.log"
+    f.write_bytes(b"")
+    assert read_records(f) == ([], 0)
