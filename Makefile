@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint format bench model install clean
+.PHONY: serve test lint format model install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# make bench [PROFILES=N] [QUICK=1] [ARGS="--compare-ingress ..."]; see loadtest/README.md
+bench: $(STAMP)
+	$(PY) -m loadtest.bench $(if $(filter 1 yes true,$(QUICK)),--quick) \
+		$(if $(PROFILES),--profiles $(PROFILES)) $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -30,6 +35,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Rebuild the bundled demo propensity model (deterministic; about a minute).
+model: $(STAMP)
+	$(PY) -m models.train --simulate 10000 --seed 7 --out models/demo/registry --version v1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
