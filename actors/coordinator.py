@@ -1,24 +1,30 @@
-"""``ShardCoordinator``: creates the shards and owns the partition map.
+"""``ShardCoordinator``: creates the shards and owns the cluster-wide state.
 
-One named, detached coordinator per deployment. Ingress replicas ask it for
-the topology (map + shard handles) once, cache it, and ask again only when a
-shard says their epoch is stale. Shards are created here, named
-``rtim-shard-<i>``, with unlimited restarts, spread over the cluster's nodes.
+One named, detached coordinator per deployment. It owns the partition map,
+the active catalogue and the active model version, persists the latter two
+in ``<data_dir>/coordinator.json`` (written atomically), and pushes
+activations to every shard. Ingress replicas ask it for the topology (map +
+shard handles) once, cache it, and ask again only when a shard says their
+epoch is stale or a decision reports a catalogue they do not know.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from actors.shard import NAMESPACE, ProfileShard, shard_name
+from models.catalog import load_catalog
 from models.partitioning import PartitionMap
 from models.settings import Settings
 
 COORDINATOR_NAME = "rtim-coordinator"
+STATE_FILE = "coordinator.json"
 
 
 def shard_count(settings: Settings) -> int:
@@ -32,9 +38,33 @@ def shard_count(settings: Settings) -> int:
 class ShardCoordinatorImpl:
     def __init__(self, settings: dict) -> None:
         self.settings = Settings.from_dict(settings)
+        self.state_path = Path(self.settings.data_dir) / STATE_FILE
+        saved = self._load_state()
+        self.catalog: dict = saved.get("catalog") or load_catalog(self.settings.catalog).to_dict()
+        self.model_version: str = saved.get("model_version") or self.settings.model_version
+        if not self.model_version:
+            # Pin "the newest" now: a shard restarted later must load the same
+            # version, not whatever is newest in the registry by then.
+            self.model_version = newest_model(self.settings)
         n = shard_count(self.settings)
         self.map = PartitionMap.initial(self.settings.partitions, n)
         self.shards = [self._shard(i) for i in range(n)]
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save_state(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        data = {"catalog": self.catalog, "model_version": self.model_version}
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
 
     def _shard(self, index: int) -> Any:
         return ProfileShard.options(
@@ -47,7 +77,9 @@ class ShardCoordinatorImpl:
             num_cpus=0,
             max_concurrency=1000,
             scheduling_strategy="SPREAD",
-        ).remote(index, self.settings.to_dict(), self.map.to_dict())
+        ).remote(
+            index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
+        )
 
     async def topology(self) -> dict[str, Any]:
         """The partition map and the shard handles, index-aligned."""
@@ -58,8 +90,43 @@ class ShardCoordinatorImpl:
             asyncio.gather(*(s.ping.remote() for s in self.shards)), timeout_s
         )
 
+    async def get_catalog(self) -> dict:
+        return self.catalog
+
+    async def versions(self) -> dict[str, Any]:
+        return {"catalog_version": self.catalog.get("version"), "model_version": self.model_version}
+
+    async def _broadcast(self, method: str, arg: Any) -> list[dict]:
+        return list(await asyncio.gather(*(getattr(s, method).remote(arg) for s in self.shards)))
+
+    async def set_catalog(self, data: dict) -> dict[str, Any]:
+        """Persist and push a catalogue (already validated by the caller)."""
+        self.catalog = data
+        self._save_state()
+        results = await self._broadcast("set_catalog", data)
+        return {"catalog_version": data.get("version"), "shards": results}
+
+    async def set_model(self, version: str) -> dict[str, Any]:
+        """Activate a model version on every shard; persist it if all took it."""
+        results = await self._broadcast("set_model", version)
+        if all("model_version" in r for r in results):
+            self.model_version = version
+            self._save_state()
+        return {"model_version": version, "shards": results}
+
 
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)
+
+
+def newest_model(settings: Settings) -> str:
+    """The registry's newest version, or "" (prior scorer) when there is none."""
+    from models.errors import RtimError
+    from models.registry import ModelRegistry
+
+    try:
+        return ModelRegistry(settings.model_registry).latest_version() or ""
+    except RtimError:
+        return ""
 
 
 def get_or_create_coordinator(settings: Settings) -> Any:

@@ -23,12 +23,17 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from actors.journal import Journal
+from models.catalog import Catalog, load_catalog
+from models.decision import DecideRequest, decide_many
+from models.decision_log import DecisionLog
+from models.errors import RtimError
 from models.events import Event
 from models.partitioning import PartitionMap, partition_of
 from models.settings import Settings
@@ -52,10 +57,36 @@ def shard_dir(data_dir: str, index: int) -> Path:
 class ProfileShardImpl:
     """The shard's behaviour; :data:`ProfileShard` is its Ray actor class."""
 
-    def __init__(self, index: int, settings: dict, pmap: dict) -> None:
+    def __init__(
+        self,
+        index: int,
+        settings: dict,
+        pmap: dict,
+        catalog: dict | None = None,
+        model_version: str | None = None,
+    ) -> None:
         self.index = index
         self.settings = Settings.from_dict(settings)
         self.store = ProfileStore(self.settings.session_gap_s)
+        self.log = DecisionLog(self.settings.decision_log_size)
+        # Start from what the coordinator says is active; the journal may hold
+        # a newer activation, which recovery applies on top.
+        self.catalog: Catalog = load_catalog(catalog or self.settings.catalog)
+        self.model_error: str | None = None
+        try:
+            self.scorer, self.model_version = load_model(
+                self.settings, model_version or self.settings.model_version, self.catalog
+            )
+        except RtimError as exc:
+            # Never crash-loop on a bad model file: decide with the prior
+            # scorer and say so in ping/readyz until a good model is activated.
+            self.model_error = f"model {model_version!r} failed to load: {exc.message}"
+            log.error("shard %s: %s", index, self.model_error)
+            from models.scoring import PriorScorer
+
+            self.scorer = PriorScorer()
+            self.model_version = self.scorer.version
+        self.decisions = 0
         self._set_map(pmap)
         self.started_at = time.time()
         self.events_applied = 0
@@ -66,6 +97,7 @@ class ProfileShardImpl:
         self.recovery: dict[str, Any] = {}
         self.slow_s = 0.0  # test hook: artificial delay in decide
         self.erasures_pending = 0
+        self.recovered = False
         self.timer: asyncio.Task | None = None
         self.journal = Journal(
             shard_dir(self.settings.data_dir, index),
@@ -78,6 +110,8 @@ class ProfileShardImpl:
 
     def _recover(self) -> None:
         started = time.monotonic()
+        self.store = ProfileStore(self.settings.session_gap_s)
+        self.log = DecisionLog(self.settings.decision_log_size)
         try:
             state, records = self.journal.recover()
             if state is not None:
@@ -90,6 +124,8 @@ class ProfileShardImpl:
             self.degraded = f"data directory unusable: {exc.strerror or exc} ({exc.filename})"
             log.error("shard %s: %s", self.index, self.degraded)
             return
+        self.recovered = True
+        self.degraded = None
         self.recovery = {
             "profiles": len(self.store),
             "replayed_records": replayed,
@@ -101,14 +137,41 @@ class ProfileShardImpl:
     def _load_snapshot(self, state: dict) -> None:
         for cid, blob in state["profiles"].items():
             self.store.put_blob(cid, blob)
+        self.log.load(state.get("decisions", []))
+        if state.get("catalog"):
+            self._activate_catalog(state["catalog"])
+        if state.get("model_version"):
+            self._activate_model(state["model_version"])
 
     def _replay(self, rec: list) -> None:
         kind = rec[1]
         if kind == "ev":
             now, events = rec[2], rec[3]
-            self.store.apply_events([Event(*e) for e in events], now)
+            self.store.apply_events([Event(*e) for e in events], now, self._attribute)
+        elif kind == "dec":
+            self._record_decisions(rec[2], rec[3])
         elif kind == "del":
             self.store.delete(rec[2])
+            self.log.erase(rec[2])
+        elif kind == "cat":
+            self._activate_catalog(rec[2])
+        elif kind == "mdl":
+            self._activate_model(rec[2])
+
+    def _activate_catalog(self, data: dict) -> None:
+        catalog = load_catalog(data)
+        if catalog.version != self.catalog.version:
+            self.catalog = catalog
+
+    def _activate_model(self, version: str) -> None:
+        if version != self.model_version:
+            try:
+                self.scorer, self.model_version = load_model(self.settings, version, self.catalog)
+            except RtimError as exc:  # the file changed since it was activated
+                self.model_error = f"model {version!r} failed to load: {exc.message}"
+                log.error("shard %s: %s", self.index, self.model_error)
+                return
+            self.model_error = None
 
     def _snapshot_state(self) -> dict:
         return {
@@ -117,6 +180,9 @@ class ProfileShardImpl:
             "shard": self.index,
             "taken_at": time.time(),
             "profiles": dict(self.store.items()),
+            "decisions": self.log.entries(),
+            "catalog": self.catalog.to_dict(),
+            "model_version": self.model_version,
         }
 
     def _ensure_timer(self) -> None:
@@ -128,18 +194,20 @@ class ProfileShardImpl:
         while True:
             await asyncio.sleep(1.0)
             idle = self.snapshot_task is None or self.snapshot_task.done()
-            if self.journal.failed is not None and idle:
-                # A failed journal write left memory ahead of the disk; a
-                # snapshot saves all of it and clears the failure once the
-                # disk takes writes again.
+            if not self.recovered:
+                self._recover()  # the data directory was unusable at start: try again
+            elif self.degraded is not None and idle:
+                # A failed write left memory ahead of the disk; a snapshot
+                # saves all of it and clears the failure once the disk takes
+                # writes again.
                 self.snapshot_task = asyncio.get_running_loop().create_task(self.snapshot())
-            elif not self.degraded:
+            elif self.degraded is None:
                 self._maybe_snapshot()
 
     async def snapshot(self) -> dict[str, Any]:
         """Write a snapshot now and compact the journal behind it."""
-        if self.degraded and self.journal.failed is None:
-            return {"unavailable": self.degraded}
+        if not self.recovered:
+            return {"unavailable": self.degraded or "not recovered"}
         # Capture state and rotate in one step (no await between): the
         # snapshot then covers exactly the records with LSN <= its own.
         upto = self.journal.rotate()
@@ -151,9 +219,16 @@ class ProfileShardImpl:
             self.degraded = f"snapshot failed: {exc.strerror or exc}"
             return {"unavailable": self.degraded}
         self.last_snapshot = time.monotonic()
-        if self.journal.failed is not None:
-            # The journal had failed; memory is now safely on disk again.
+        if self.degraded is not None:
+            # Storage had failed; memory is now safely on disk again. Leave
+            # the degraded state only once a journal write goes through too.
             self.journal.failed = None
+            self.journal.append("probe")
+            try:
+                await self.journal.commit()
+            except RtimError as exc:
+                self.degraded = exc.message
+                return {"unavailable": self.degraded}
             self.degraded = None
         return {
             "shard": self.index,
@@ -212,6 +287,7 @@ class ProfileShardImpl:
             "epoch": self.epoch,
             "profiles": len(self.store),
             "degraded": self.degraded,
+            "model_error": self.model_error,
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
         }
@@ -225,6 +301,10 @@ class ProfileShardImpl:
             "disk_bytes": await asyncio.to_thread(self.journal.disk_bytes),
             "journal_commits": self.journal.commits,
             "recovery": self.recovery,
+            "decisions": self.decisions,
+            "decision_log": len(self.log),
+            # Ray runs async actors on uvloop when it is installed (it is a dependency).
+            "event_loop": type(asyncio.get_running_loop()).__module__,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -236,7 +316,7 @@ class ProfileShardImpl:
         return list(self.store.ids())
 
     async def set_slow(self, seconds: float) -> None:
-        """Test hook: delay every decision by ``seconds``."""
+        """Test hook: delay every decision and event batch by ``seconds``."""
         self.slow_s = seconds
 
     # -- profiles -------------------------------------------------------------------
@@ -247,8 +327,10 @@ class ProfileShardImpl:
         if refused:
             return refused
         self._ensure_timer()
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
         now = time.time()
-        applied, dups = self.store.apply_events(events, now)
+        applied, dups = self.store.apply_events(events, now, self._attribute)
         if applied:
             self.journal.append("ev", now, [list(ev) for ev in events])
             failed = await self._commit()
@@ -278,6 +360,7 @@ class ProfileShardImpl:
         if refused:
             return refused
         deleted = self.store.delete(customer_id)
+        deleted = bool(self.log.erase(customer_id)) or deleted
         if deleted:
             self.journal.append("del", customer_id)
             failed = await self._commit()
@@ -287,6 +370,172 @@ class ProfileShardImpl:
             # until a snapshot compacts them away: schedule one soon.
             self.erasures_pending += 1
         return {"deleted": deleted}
+
+    # -- decisions ------------------------------------------------------------------
+
+    def _attribute(self, ev: Event) -> Event:
+        """Tie a response to its logged decision; fill in the offer it concerns."""
+        if ev.type != "response" or ev.decision_id is None:
+            return ev
+        offer = self.log.attribute(
+            ev.decision_id, ev.customer_id, ev.offer_id, ev.attributes["outcome"], ev.ts
+        )
+        if offer is not None and ev.offer_id is None:
+            return ev._replace(offer_id=offer)
+        return ev
+
+    def _record_decisions(self, now: float, entries: list[dict]) -> None:
+        """Log decisions and count their offers as impressions (if on_decide)."""
+        touched = {}
+        for entry in entries:
+            self.log.add(entry)
+            if not entry.get("impressions"):
+                continue
+            cid = entry["customer_id"]
+            p = touched.get(cid) or self.store.get_or_new(cid)
+            touched[cid] = p
+            for c in entry["chosen"]:
+                p.record_contact(now, c["offer_id"], c["channel"], "impression")
+        for p in touched.values():
+            self.store.put(p)
+
+    async def decide(
+        self, requests: list[DecideRequest], deadlines: list[float] | None, epoch: int
+    ) -> dict[str, Any]:
+        """Decide for customers of this shard, with one model run for all of them.
+
+        ``deadlines`` (epoch seconds, one per request): a request whose
+        deadline has passed was already answered with the fallback by the
+        caller, so it gets ``{"expired": True}`` and nothing is recorded.
+        """
+        refused = self._refuse(epoch, *(r.customer_id for r in requests))
+        if refused:
+            return refused
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
+        now = time.time()
+        live = [
+            i for i in range(len(requests)) if deadlines is None or deadlines[i] is None
+            or deadlines[i] >= now
+        ]  # fmt: skip
+        items = [(self.store.get_or_new(requests[i].customer_id), requests[i]) for i in live]
+        try:
+            decisions = (
+                decide_many(items, self.catalog, self.scorer, now, self.settings.session_gap_s)
+                if items
+                else []
+            )
+        except RtimError as exc:
+            return {"error": exc.to_dict()["error"]}
+        on_decide = self.catalog.arbitration.impressions == "on_decide"
+        results, entries = [], []
+        for d in decisions:
+            did = uuid.uuid4().hex
+            chosen = [
+                {"offer_id": o["offer_id"], "channel": o["channel"], "treatment": o["treatment"],
+                 "probability": d.chosen_probability.get(o["offer_id"], 1.0)}
+                for o in d.offers
+            ]  # fmt: skip
+            entries.append(
+                {
+                    "decision_id": did,
+                    "customer_id": d.customer_id,
+                    "ts": now,
+                    "channels": list(d.channels),
+                    "catalog_version": d.catalog_version,
+                    "model_version": d.model_version,
+                    "candidates": d.candidates,
+                    "chosen": chosen,
+                    "impressions": on_decide and bool(chosen),
+                }
+            )
+            out = {
+                "decision_id": did,
+                "customer_id": d.customer_id,
+                "offers": [{k: o[k] for k in OFFER_KEYS if k in o} for o in d.offers],
+                "catalog_version": d.catalog_version,
+                "model_version": d.model_version,
+                "fallback": False,
+            }
+            if d.trace is not None:
+                out["trace"] = d.trace
+            results.append(out)
+        self._record_decisions(now, entries)
+        if entries:
+            self.journal.append("dec", now, entries)
+            failed = await self._commit()
+            if failed:
+                return failed
+        self.decisions += len(results)
+        answers: list[dict[str, Any]] = [{"expired": True}] * len(requests)
+        for i, result in zip(live, results):
+            answers[i] = result
+        return {"decisions": answers}
+
+    async def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+        return self.log.get(decision_id)
+
+    async def decisions_of(self, customer_id: str, epoch: int) -> dict[str, Any]:
+        refused = self._refuse(epoch, customer_id)
+        if refused:
+            return refused
+        return {"decisions": self.log.for_customer(customer_id)}
+
+    # -- catalogue and model ------------------------------------------------------------
+
+    async def set_catalog(self, data: dict) -> dict[str, Any]:
+        """Activate a (validated) catalogue; durable before it is acknowledged."""
+        if self.degraded:
+            return {"unavailable": self.degraded}
+        try:
+            catalog = load_catalog(data)
+        except RtimError as exc:
+            return {"error": exc.to_dict()["error"]}
+        self.catalog = catalog
+        self.journal.append("cat", data)
+        failed = await self._commit()
+        return failed or {"shard": self.index, "catalog_version": catalog.version}
+
+    async def set_model(self, version: str) -> dict[str, Any]:
+        """Load and activate a model version from the registry."""
+        if self.degraded:
+            return {"unavailable": self.degraded}
+        try:
+            self.scorer, self.model_version = load_model(self.settings, version, self.catalog)
+        except RtimError as exc:
+            return {"error": exc.to_dict()["error"]}
+        self.model_error = None
+        self.journal.append("mdl", self.model_version)
+        failed = await self._commit()
+        return failed or {"shard": self.index, "model_version": self.model_version}
+
+    async def versions(self) -> dict[str, Any]:
+        return {"catalog_version": self.catalog.version, "model_version": self.model_version}
+
+
+OFFER_KEYS = ("offer_id", "channel", "treatment", "placement", "content", "propensity",
+              "priority", "value")  # fmt: skip
+
+
+def load_model(settings: Settings, version: str, catalog: Catalog) -> tuple[Any, str]:
+    """The scorer for ``version`` ("" = newest); the prior scorer if the registry is empty."""
+    from models.registry import ModelRegistry
+    from models.scoring import PriorScorer
+
+    try:
+        registry = ModelRegistry(settings.model_registry, catalog.group_of)
+    except RtimError:
+        if version:
+            raise
+        scorer = PriorScorer()
+        return scorer, scorer.version
+    if not version:
+        version = registry.latest_version() or ""
+        if not version:
+            scorer = PriorScorer()
+            return scorer, scorer.version
+    scorer = registry.load(version)
+    return scorer, version
 
 
 ProfileShard = ray.remote(ProfileShardImpl)

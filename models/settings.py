@@ -49,6 +49,10 @@ class Settings:
     model_version: str = ""  # "" = newest version in the registry
     decision_log_size: int = 10000  # decisions kept in memory per shard
     shard_call_timeout_s: float = 10.0
+    decide_deadline_ms: float = 50.0  # default decide deadline; then the fallback answers
+    max_inflight_per_replica: int = 1024  # requests in one ingress replica; then 503
+    max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
+    coalesce_max_batch: int = 64  # decide requests per shard call
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class Settings:
             "port", "partitions", "ingress_replicas", "max_body_bytes", "max_batch_events",
             "max_batch_decisions", "max_decide_limit", "session_gap_s", "decision_log_size",
             "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
+            "decide_deadline_ms", "max_inflight_per_replica", "max_inflight_per_shard",
+            "coalesce_max_batch",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -10,7 +10,7 @@ concurrency, ownership checks and durability around it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from models.events import Event
 from models.profile import Profile
@@ -57,10 +57,17 @@ class ProfileStore:
     def delete(self, customer_id: str) -> bool:
         return self._blobs.pop(customer_id, None) is not None
 
-    def apply_events(self, events: Iterable[Event], now: float) -> tuple[int, int]:
+    def apply_events(
+        self,
+        events: Iterable[Event],
+        now: float,
+        resolve: Callable[[Event], Event] | None = None,
+    ) -> tuple[int, int]:
         """Apply events in order; return (applied, duplicates).
 
-        Each touched profile is unpacked once and packed once per batch.
+        ``resolve`` sees each non-duplicate event before it is applied and may
+        return a completed copy (the shard uses it to attribute responses to
+        logged decisions). Each touched profile is unpacked and packed once.
         """
         touched: dict[str, Profile] = {}
         applied = duplicates = 0
@@ -69,10 +76,13 @@ class ProfileStore:
             p = touched.get(ev.customer_id)
             if p is None:
                 p = touched[ev.customer_id] = self.get_or_new(ev.customer_id)
-            if p.apply(ev, now, gap):
-                applied += 1
-            else:
+            if p.is_duplicate(ev.event_id, now):
                 duplicates += 1
+                continue
+            if resolve is not None:
+                ev = resolve(ev)
+            p.apply(ev, now, gap)
+            applied += 1
         for p in touched.values():
             self.put(p)
         return applied, duplicates

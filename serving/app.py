@@ -6,8 +6,12 @@ the owning :class:`~actors.shard.ProfileShard` through a
 in the shards.
 """
 
+import asyncio
+import time
+import uuid
 from typing import Any
 
+import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from ray import serve
@@ -15,12 +19,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from models.errors import NotFound, RtimError, ValidationError
+from actors.shard import load_model
+from models.catalog import Catalog, load_catalog
+from models.decision import DecideRequest, parse_decide_batch, parse_decide_request
+from models.errors import (
+    CatalogError,
+    MalformedBody,
+    ModelError,
+    NotFound,
+    PayloadTooLarge,
+    RtimError,
+    Unavailable,
+    ValidationError,
+)
 from models.events import MAX_ID_LEN, parse_event_batch
 from models.settings import Settings
 from serving import schema
+from serving.coalesce import DecideCoalescer
 from serving.codec import encode, read_body, wants_msgpack
 from serving.errors import (
+    error_response,
     handle_http_error,
     handle_request_validation,
     handle_rtim_error,
@@ -45,6 +63,23 @@ api.add_exception_handler(StarletteHTTPException, handle_http_error)
 api.add_exception_handler(RequestValidationError, handle_request_validation)
 api.add_exception_handler(Exception, handle_unexpected)
 
+# Per-process (= per replica) in-flight bound; set from settings by Ingress.
+_limits = {"max_inflight": 1024, "inflight": 0}
+
+
+@api.middleware("http")
+async def bound_inflight(request: Request, call_next: Any) -> Response:
+    """Answer 503 + Retry-After beyond the replica's in-flight bound."""
+    if _limits["inflight"] >= _limits["max_inflight"]:
+        return error_response(
+            request, Unavailable("server overloaded; retry", 1.0, code="overloaded")
+        )
+    _limits["inflight"] += 1
+    try:
+        return await call_next(request)
+    finally:
+        _limits["inflight"] -= 1
+
 
 def _customer_id(value: str) -> str:
     if not value or len(value) > MAX_ID_LEN:
@@ -52,6 +87,42 @@ def _customer_id(value: str) -> str:
     return value
 
 
+def _customer_of(req: DecideRequest) -> str:
+    return req.customer_id
+
+
+def _tagged_customer(item: tuple[int, DecideRequest]) -> str:
+    return item[1].customer_id
+
+
+def _untag(group: list[tuple[int, DecideRequest]]) -> list[DecideRequest]:
+    return [r for _, r in group]
+
+
+_ERRORS = {"invalid_model": ModelError, "invalid_catalog": CatalogError}
+
+
+def _shard_error(err: dict, shard: int | None) -> RtimError:
+    cls = _ERRORS.get(err.get("code", ""), ValidationError)
+    return cls(err.get("message", "decision failed"), err.get("field"), err.get("code"))
+
+
+async def read_catalog_body(request: Request, limit: int) -> Any:
+    """A catalogue as JSON/msgpack, or as YAML text (``application/yaml``)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
+        raw = await request.body()
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", "body")
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise MalformedBody(f"body is not valid YAML: {exc}", "body") from None
+    return await read_body(request, limit)
+
+
+# Module-level helpers must be defined above the deployment: Serve serialises
+# the class when it is decorated, with the globals that exist at that moment.
 @serve.deployment(
     name="Ingress",
     max_ongoing_requests=256,
@@ -66,12 +137,26 @@ class Ingress:
         self.settings = Settings.from_dict(settings)
         self.region = ShardRegion(self.settings)
         self._started = False
+        self.catalog: Catalog | None = None
+        self.fallbacks = 0
+        self.coalescer = DecideCoalescer(
+            self.region,
+            self.settings.coalesce_max_batch,
+            max_queue=self.settings.max_inflight_per_shard,
+        )
+        _limits["max_inflight"] = self.settings.max_inflight_per_replica
 
     async def _region(self) -> ShardRegion:
         if not self._started:
             await self.region.start()
+            self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
             self._started = True
         return self.region
+
+    async def _refresh_catalog(self, seen_version: str) -> None:
+        """A shard decided with a catalogue we do not have: fetch the active one."""
+        if self.catalog is None or self.catalog.version != seen_version:
+            self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
 
     # -- operations ---------------------------------------------------------------
 
@@ -84,7 +169,11 @@ class Ingress:
         region = await self._region()
         pings = await region.ping_all()
         down = [i for i, p in enumerate(pings) if p is None]
-        degraded = {i: p["degraded"] for i, p in enumerate(pings) if p and p["degraded"]}
+        degraded = {
+            i: p["degraded"] or p["model_error"]
+            for i, p in enumerate(pings)
+            if p and (p["degraded"] or p.get("model_error"))
+        }
         ok = not down and not degraded
         body = {
             "status": "ready" if ok else "unavailable",
@@ -148,6 +237,196 @@ class Ingress:
             raise NotFound(f"no profile for customer {cid!r}", "customer_id")
         return encode({"deleted": cid}, wants_msgpack(request))
 
+    # -- decisions ------------------------------------------------------------------
+
+    def _fallback(self, req: DecideRequest) -> dict[str, Any]:
+        """The catalogue's fallback answer, for a shard that missed the deadline."""
+        assert self.catalog is not None
+        self.fallbacks += 1
+        offers = self.catalog.fallback_offers(req.channels)[: req.limit]
+        return {
+            "decision_id": uuid.uuid4().hex,
+            "customer_id": req.customer_id,
+            "offers": [
+                {
+                    k: o.get(k)
+                    for k in ("offer_id", "channel", "treatment", "placement", "content", "value")
+                }
+                for o in offers
+            ],
+            "catalog_version": self.catalog.version,
+            "model_version": None,
+            "fallback": True,
+        }
+
+    def _check_versions(self, decisions: list[dict]) -> str | None:
+        for d in decisions:
+            if self.catalog is not None and d["catalog_version"] != self.catalog.version:
+                return d["catalog_version"]
+        return None
+
+    @api.post(
+        f"/{API_VERSION}/decide",
+        tags=["decisions"],
+        summary="Next best action for one customer",
+        openapi_extra=schema.body(
+            schema.DECIDE_BODY,
+            "An empty `offers` list means no message. `explain: true` adds the trace. "
+            "If the owning shard cannot answer within `deadline_ms` the catalogue's "
+            "fallback is returned with `fallback: true`.",
+        ),
+    )
+    async def decide(self, request: Request) -> Response:
+        body = await read_body(request, self.settings.max_body_bytes)
+        await self._region()
+        req = parse_decide_request(body, self.catalog, self.settings.max_decide_limit)
+        deadline_s = (req.deadline_ms or self.settings.decide_deadline_ms) / 1000.0
+        try:
+            answer = await asyncio.wait_for(
+                self.coalescer.decide(req, time.time() + deadline_s), timeout=deadline_s
+            )
+        except asyncio.TimeoutError:
+            return encode(self._fallback(req), wants_msgpack(request))
+        except Unavailable as exc:
+            if exc.code == "overloaded":
+                raise
+            # The shard is down, restarting or cannot write: the fallback answers.
+            return encode(self._fallback(req), wants_msgpack(request))
+        if "expired" in answer:
+            return encode(self._fallback(req), wants_msgpack(request))
+        if "error" in answer:
+            raise _shard_error(answer["error"], None)
+        decision = answer
+        newer = self._check_versions([decision])
+        if newer:
+            await self._refresh_catalog(newer)
+        return encode(decision, wants_msgpack(request))
+
+    @api.post(
+        f"/{API_VERSION}/decide/batch",
+        tags=["decisions"],
+        summary="Decisions for many customers (outbound campaigns)",
+        openapi_extra=schema.body(
+            schema.DECIDE_BATCH_BODY,
+            'Either `{"requests": [decide bodies]}` or `{"customer_ids": [...], '
+            "...shared decide fields}`. Answers are in request order.",
+        ),
+    )
+    async def decide_batch(self, request: Request) -> Response:
+        body = await read_body(request, self.settings.max_body_bytes)
+        region = await self._region()
+        reqs = parse_decide_batch(
+            body, self.catalog, self.settings.max_batch_decisions, self.settings.max_decide_limit
+        )
+        tagged = [(i, r) for i, r in enumerate(reqs)]
+        results = await region.scatter("decide", tagged, _tagged_customer, None, send=_untag)
+        out: list[Any] = [None] * len(reqs)
+        for group, answer in results:
+            if "error" in answer:
+                raise _shard_error(answer["error"], None)
+            for (i, _), decision in zip(group, answer["decisions"]):
+                out[i] = decision
+        newer = self._check_versions(out)
+        if newer:
+            await self._refresh_catalog(newer)
+        return encode({"decisions": out}, wants_msgpack(request))
+
+    @api.get(
+        f"/{API_VERSION}/decisions/{{decision_id}}",
+        tags=["decisions"],
+        summary="A logged decision with its candidates, scores and outcomes",
+    )
+    async def get_decision(self, decision_id: str, request: Request) -> Response:
+        region = await self._region()
+        for entry in await region.broadcast("get_decision", decision_id):
+            if entry is not None:
+                return encode(entry, wants_msgpack(request))
+        raise NotFound(f"no logged decision {decision_id!r}", "decision_id")
+
+    @api.get(
+        f"/{API_VERSION}/profiles/{{customer_id}}/decisions",
+        tags=["decisions"],
+        summary="A customer's logged decisions, newest first",
+    )
+    async def customer_decisions(self, customer_id: str, request: Request) -> Response:
+        cid = _customer_id(customer_id)
+        region = await self._region()
+        result = await region.call_for(cid, "decisions_of")
+        return encode(result, wants_msgpack(request))
+
+    # -- catalogue and models -------------------------------------------------------
+
+    @api.get(f"/{API_VERSION}/catalog", tags=["catalogue"], summary="The active catalogue")
+    async def get_catalog(self, request: Request) -> Response:
+        region = await self._region()
+        return encode(await region.coordinator.get_catalog.remote(), wants_msgpack(request))
+
+    @api.put(
+        f"/{API_VERSION}/admin/catalog",
+        tags=["admin"],
+        summary="Replace the catalogue (validated, then swapped on every shard)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def put_catalog(self, request: Request) -> Response:
+        data = await read_catalog_body(request, self.settings.max_body_bytes)
+        catalog = load_catalog(data)  # CatalogError → 422 naming offer, rule and field
+        region = await self._region()
+        result = await region.coordinator.set_catalog.remote(catalog.to_dict())
+        bad = [r for r in result["shards"] if "catalog_version" not in r]
+        self.catalog = catalog
+        status = 200 if not bad else 503
+        return encode({**result, "failed": bad}, wants_msgpack(request), status)
+
+    @api.get(f"/{API_VERSION}/admin/models", tags=["admin"], summary="Model versions")
+    async def list_models(self, request: Request) -> Response:
+        from models.registry import ModelRegistry
+
+        region = await self._region()
+        versions = await region.coordinator.versions.remote()
+        try:
+            available = ModelRegistry(self.settings.model_registry).versions()
+        except RtimError:
+            available = []
+        shards = await region.broadcast("versions")
+        return encode(
+            {"active": versions["model_version"], "available": available, "shards": shards},
+            wants_msgpack(request),
+        )
+
+    @api.post(
+        f"/{API_VERSION}/admin/models",
+        tags=["admin"],
+        summary="Load and activate a model version on every shard",
+        openapi_extra=schema.body(
+            {
+                "type": "object",
+                "required": ["version"],
+                "properties": {"version": {"type": "string"}},
+            }
+        ),
+    )
+    async def activate_model(self, request: Request) -> Response:
+        body = await read_body(request, self.settings.max_body_bytes)
+        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+            raise ValidationError('body must be {"version": "<model version>"}', "version")
+        version = body["version"]
+        region = await self._region()
+        assert self.catalog is not None
+        # Load it here first: a model that does not match its manifest is
+        # refused before any shard switches.
+        await asyncio.to_thread(load_model, self.settings, version, self.catalog)
+        result = await region.coordinator.set_model.remote(version)
+        bad = [r for r in result["shards"] if "model_version" not in r]
+        return encode({**result, "failed": bad}, wants_msgpack(request), 503 if bad else 200)
+
     # -- admin --------------------------------------------------------------------
 
     @api.post(
@@ -173,4 +452,8 @@ class Ingress:
 
 def build_app(settings: Settings) -> Any:
     """The Serve application for these settings (used by the CLI and the tests)."""
-    return Ingress.options(num_replicas=settings.ingress_replicas).bind(settings.to_dict())
+    return Ingress.options(
+        num_replicas=settings.ingress_replicas,
+        # Let requests reach our own bound, which answers with a JSON 503.
+        max_ongoing_requests=settings.max_inflight_per_replica + 64,
+    ).bind(settings.to_dict())

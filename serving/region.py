@@ -14,10 +14,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.coordinator import get_or_create_coordinator
@@ -39,11 +38,12 @@ class ShardRegion:
         self.settings = settings
         self.map: PartitionMap | None = None
         self.shards: list[Any] = []
-        self._coordinator = None
+        self.coordinator: Any = None
         self._refresh_lock = asyncio.Lock()
+        self.inflight: dict[int, int] = defaultdict(int)
 
     async def start(self) -> None:
-        self._coordinator = get_or_create_coordinator(self.settings)
+        self.coordinator = get_or_create_coordinator(self.settings)
         await self.refresh(0)
 
     async def refresh(self, seen_epoch: int) -> None:
@@ -51,7 +51,7 @@ class ShardRegion:
         async with self._refresh_lock:
             if self.map is not None and self.map.epoch > seen_epoch:
                 return
-            topo = await self._coordinator.topology.remote()
+            topo = await self.coordinator.topology.remote()
             m = topo["map"]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
             self.shards = topo["shards"]
@@ -62,7 +62,21 @@ class ShardRegion:
         return self.map.shard_of(customer_id)
 
     async def _invoke(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
-        """One shard call (map epoch appended), retried while the actor restarts."""
+        """One shard call (map epoch appended), retried while the actor restarts.
+
+        At most ``max_inflight_per_shard`` calls per shard are in flight from
+        this replica; beyond that the caller gets a 503 at once instead of
+        queueing without bound in the actor's mailbox.
+        """
+        if self.inflight[shard] >= self.settings.max_inflight_per_shard:
+            raise Unavailable(f"shard {shard} is overloaded; retry", 1.0, code="overloaded")
+        self.inflight[shard] += 1
+        try:
+            return await self._invoke_once(shard, method, args, deadline)
+        finally:
+            self.inflight[shard] -= 1
+
+    async def _invoke_once(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
         delay = 0.05
         while True:
             assert self.map is not None
@@ -104,36 +118,75 @@ class ShardRegion:
             await self.refresh(epoch)
         raise Unavailable("partition map keeps changing; retry", code="rebalancing")
 
-    def group(self, events: Sequence[Event]) -> dict[int, list[Event]]:
-        assert self.map is not None
-        groups: dict[int, list[Event]] = defaultdict(list)
-        shard_of = self.map.shard_of
-        for ev in events:
-            groups[shard_of(ev.customer_id)].append(ev)
-        return groups
+    async def scatter(
+        self,
+        method: str,
+        items: Sequence[Any],
+        key: Callable[[Any], str],
+        *extra: Any,
+        timeout_s: float | None = None,
+        send: Callable[[list[Any]], Any] | None = None,
+    ) -> list[tuple[list[Any], Any]]:
+        """Send ``items`` to their owning shards, one call per shard, in parallel.
 
-    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        """Apply a validated batch: one call per owning shard, all in parallel."""
+        Each shard gets ``method(its_items, *extra, epoch)``. Groups a shard
+        refused as stale are re-routed after a map refresh; the others are
+        not sent again. ``send`` turns a group into what the shard receives
+        (default: the group itself). Returns ``(items, result)`` per call.
+        """
+        deadline = time.monotonic() + (timeout_s or self.settings.shard_call_timeout_s)
+        done: list[tuple[list[Any], Any]] = []
+        pending = list(items)
         for _ in range(_MAX_STALE_RETRIES + 1):
             assert self.map is not None
             epoch = self.map.epoch
-            groups = self.group(events)
+            groups: dict[int, list[Any]] = defaultdict(list)
+            shard_of = self.map.shard_of
+            for item in pending:
+                groups[shard_of(key(item))].append(item)
             results = await asyncio.gather(
-                *(self._apply_group(shard, evs) for shard, evs in groups.items())
+                *(
+                    self._invoke(sh, method, (send(grp) if send else grp, *extra), deadline)
+                    for sh, grp in groups.items()
+                )
             )
-            applied = sum(r.get("applied", 0) for r in results)
-            dups = sum(r.get("duplicates", 0) for r in results)
-            stale = [r for r in results if "stale" in r]
-            if not stale:
-                return applied, dups
-            # Some shards refused the batch because our map is old: refresh and
-            # resend everything; shards that did apply will report duplicates.
+            pending = []
+            for grp, result in zip(groups.values(), results):
+                if isinstance(result, dict) and "stale" in result:
+                    pending.extend(grp)
+                else:
+                    done.append((grp, result))
+            if not pending:
+                return done
             await self.refresh(epoch)
         raise Unavailable("partition map keeps changing; retry", code="rebalancing")
 
-    async def _apply_group(self, shard: int, events: list[Event]) -> dict:
-        deadline = time.monotonic() + self.settings.shard_call_timeout_s
-        return await self._invoke(shard, "apply_events", (events,), deadline)
+    async def decide_on(
+        self,
+        shard: int,
+        requests: list[Any],
+        deadlines: list[float] | None,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        """One decide call for requests all owned by ``shard`` (by our map).
+
+        A stale answer comes back as ``{"stale": e, "stale_seen": our_epoch}``
+        for the caller to refresh and re-route.
+        """
+        assert self.map is not None
+        epoch = self.map.epoch
+        deadline = time.monotonic() + max(timeout_s, 0.001)
+        result = await self._invoke(shard, "decide", (requests, deadlines), deadline)
+        if "stale" in result:
+            return {**result, "stale_seen": epoch}
+        return result
+
+    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Apply a validated batch: one call per owning shard, all in parallel."""
+        results = await self.scatter("apply_events", events, _customer_of)
+        applied = sum(r["applied"] for _, r in results)
+        dups = sum(r["duplicates"] for _, r in results)
+        return applied, dups
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         async def one(h: Any) -> dict | None:
@@ -155,5 +208,5 @@ class ShardRegion:
         )
 
 
-def ray_is_initialized() -> bool:
-    return ray.is_initialized()
+def _customer_of(item: Any) -> str:
+    return item.customer_id

@@ -7,6 +7,7 @@ The server is started through :func:`serving.server.start`, the same path as
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.settings import Settings, load_settings
+from models.settings import DEMO_DIR, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests_support
@@ -25,6 +26,9 @@ from tests_support import free_port  # noqa: E402
 @pytest.fixture(scope="session")
 def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("rtim-data")
+    # A private copy of the bundled registry, so tests can add model versions.
+    registry = tmp_path_factory.mktemp("rtim-models") / "registry"
+    shutil.copytree(DEMO_DIR / "registry", registry)
     return load_settings(
         None,
         {
@@ -35,6 +39,9 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             "data_dir": str(data),
             "max_batch_events": 500,
             "max_body_bytes": 256 * 1024,
+            "model_registry": str(registry),
+            "max_inflight_per_shard": 16,
+            "max_inflight_per_replica": 200,
         },
     )
 

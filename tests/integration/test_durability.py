@@ -115,8 +115,10 @@ async def test_failing_disk_answers_503_and_never_acknowledges(
     # Make that segment a /dev/full, whose writes fail with ENOSPC.
     assert (await client.post("/v1/admin/snapshot")).status_code == 200
     nxt = max(int(p.name[9:17]) for p in d.glob("snapshot-*.msgpack")) + 1
-    link = d / f"journal-{nxt:08d}.log"
-    link.symlink_to("/dev/full")
+    # A few segments ahead, in case a background snapshot rotates once more.
+    links = [d / f"journal-{n:08d}.log" for n in range(nxt, nxt + 4)]
+    for link in links:
+        link.symlink_to("/dev/full")
     try:
         r = await client.post("/v1/events", json={"events": [ev(cid)]})
         assert r.status_code == 503, r.text
@@ -125,7 +127,8 @@ async def test_failing_disk_answers_503_and_never_acknowledges(
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and "1" in ready.json()["degraded"]
     finally:
-        link.unlink()
+        for link in links:
+            link.unlink(missing_ok=True)
     # Once the disk works again a snapshot saves memory and the shard recovers.
     deadline = time.monotonic() + 30
     while (await client.get("/readyz")).status_code != 200:
@@ -146,3 +149,31 @@ async def test_erasure_leaves_no_trace_on_disk_after_snapshot(
     files = [p for p in Path(server_settings.data_dir).rglob("*") if p.is_file()]
     assert files
     assert not [p for p in files if needle in p.read_bytes()]
+
+
+async def test_overloaded_shard_answers_503_and_applies_nothing_it_refused(
+    server: str, server_settings, client: httpx.AsyncClient
+) -> None:
+    limit = server_settings.max_inflight_per_shard
+    customers = customers_on(0, server_settings, limit + 24, "busy")
+    shard = ray.get_actor(shard_name(0), namespace=NAMESPACE)
+    await shard.set_slow.remote(0.3)
+    try:
+        async with httpx.AsyncClient(
+            base_url=server, timeout=30, limits=httpx.Limits(max_connections=200)
+        ) as c:
+            answers = await asyncio.gather(
+                *(c.post("/v1/events", json={"events": [ev(cid)]}) for cid in customers)
+            )
+    finally:
+        await shard.set_slow.remote(0.0)
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503}, codes
+    assert codes.count(200) <= limit
+    for cid, r in zip(customers, answers):
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "overloaded"
+            assert int(r.headers["Retry-After"]) >= 1
+            assert (await client.get(f"/v1/profiles/{cid}")).status_code == 404
+        else:
+            assert (await client.get(f"/v1/profiles/{cid}")).status_code == 200

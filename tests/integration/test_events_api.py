@@ -124,6 +124,14 @@ async def test_msgpack_request_and_response(client: httpx.AsyncClient) -> None:
     assert msgpack.unpackb(p.content)["customer_id"] == cid
 
 
+async def test_shards_report_stats_and_run_on_uvloop(client: httpx.AsyncClient) -> None:
+    stats = (await client.get("/v1/admin/shards")).json()
+    assert len(stats["shards"]) == 2
+    for s in stats["shards"]:
+        assert s["event_loop"].startswith("uvloop")
+        assert s["degraded"] is None and s["memory_bytes"] >= 0
+
+
 async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/events" in spec["paths"] and "/v1/profiles/{customer_id}" in spec["paths"]

@@ -67,6 +67,9 @@ def test_restart_restores_profiles_history_and_decisions(tmp_path: Path) -> None
                      "attributes": {"age": 33}},
                 ]  # fmt: skip
             assert c.post("/v1/events", json={"events": events}).status_code == 200
+            decided = c.post(
+                "/v1/decide/batch", json={"customer_ids": customers, "channel": "web"}
+            ).json()["decisions"]
             before = {cid: c.get(f"/v1/profiles/{cid}").json() for cid in customers}
     finally:
         stop_server(proc)
@@ -79,6 +82,10 @@ def test_restart_restores_profiles_history_and_decisions(tmp_path: Path) -> None
                 assert after["history"] == before[cid]["history"]
                 assert after["counters"] == before[cid]["counters"]
                 assert after["attributes"] == {"age": 33}
+            for d in decided:
+                logged = c.get(f"/v1/decisions/{d['decision_id']}")
+                assert logged.status_code == 200
+                assert logged.json()["customer_id"] == d["customer_id"]
             # Re-sending an old batch after the restart is still deduplicated.
             again = c.post("/v1/events", json={"events": events}).json()
             assert again["duplicates"] == len(events)

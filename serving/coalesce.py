@@ -1,0 +1,120 @@
+"""Coalescing of concurrent decide requests into one call per shard.
+
+Requests for the same shard that arrive while a call to that shard is in
+flight wait for it to return and then go together in the next call (at most
+``max_batch`` per call, at most ``max_calls`` calls in flight per shard).
+Under light load a request is sent at once, so it never waits on a timer;
+under heavy load batches grow by themselves and the shard scores a whole
+batch with one model run. This is group commit applied to decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+from models.decision import DecideRequest
+from models.errors import Unavailable
+
+MAX_ROUTES = 3
+
+
+class _Pending:
+    __slots__ = ("deadline", "future", "request", "routes")
+
+    def __init__(self, request: DecideRequest, deadline: float, future: asyncio.Future) -> None:
+        self.request = request
+        self.deadline = deadline
+        self.future = future
+        self.routes = 0  # how often it was routed; bounded when maps keep changing
+
+
+class DecideCoalescer:
+    """Batches decide requests per shard; ``region`` does the actual calls."""
+
+    def __init__(
+        self, region: Any, max_batch: int = 64, max_calls: int = 2, max_queue: int = 1024
+    ) -> None:
+        if max_batch < 1 or max_calls < 1:
+            raise ValueError("max_batch and max_calls must be >= 1")
+        self.region = region
+        self.max_batch = max_batch
+        self.max_calls = max_calls
+        self.max_queue = max_queue
+        self._queues: dict[int, list[_Pending]] = defaultdict(list)
+        self._calls: dict[int, int] = defaultdict(int)
+        self.batches = 0
+        self.requests = 0
+
+    async def decide(self, request: DecideRequest, deadline: float) -> dict[str, Any]:
+        """One decision (``{"expired": True}`` if the shard saw it too late)."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request, deadline, loop.create_future())
+        shard = self.region.shard_of(request.customer_id)
+        if len(self._queues[shard]) >= self.max_queue:
+            raise Unavailable(f"shard {shard} is overloaded; retry", 1.0, code="overloaded")
+        self._queues[shard].append(pending)
+        self._pump(shard)
+        return await pending.future
+
+    def _pump(self, shard: int) -> None:
+        queue = self._queues[shard]
+        while queue and self._calls[shard] < self.max_calls:
+            batch = queue[: self.max_batch]
+            del queue[: self.max_batch]
+            self._calls[shard] += 1
+            self.batches += 1
+            self.requests += len(batch)
+            asyncio.get_running_loop().create_task(self._send(shard, batch))
+
+    async def _send(self, shard: int, batch: list[_Pending]) -> None:
+        try:
+            now = time.time()
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                return
+            result = await self.region.decide_on(
+                shard,
+                [p.request for p in live],
+                [p.deadline for p in live],
+                max(p.deadline for p in live) - now,
+            )
+            if "stale" in result:
+                # Our map is old: refresh, then route each request again.
+                await self.region.refresh(result["stale_seen"])
+                for p in live:
+                    self._requeue(p)
+                return
+            if "error" in result:
+                for p in live:
+                    _settle(p.future, result)
+                return
+            for p, decision in zip(live, result["decisions"]):
+                _settle(p.future, decision)
+        except Unavailable as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self._calls[shard] -= 1
+            self._pump(shard)
+
+    def _requeue(self, p: _Pending) -> None:
+        p.routes += 1
+        if p.routes > MAX_ROUTES:
+            p.future.set_exception(Unavailable("partition map keeps changing; retry"))
+            return
+        shard = self.region.shard_of(p.request.customer_id)
+        self._queues[shard].append(p)
+        self._pump(shard)
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
