@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from actors.identity import IdentityShard, identity_name
 from actors.shard import NAMESPACE, ProfileShard, shard_name
 from models.catalog import load_catalog
 from models.partitioning import PartitionMap
@@ -49,6 +50,7 @@ class ShardCoordinatorImpl:
         n = shard_count(self.settings)
         self.map = PartitionMap.initial(self.settings.partitions, n)
         self.shards = [self._shard(i) for i in range(n)]
+        self.identity_shards = [self._identity_shard(i) for i in range(n)]
 
     def _load_state(self) -> dict:
         try:
@@ -81,14 +83,29 @@ class ShardCoordinatorImpl:
             index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
         )
 
+    def _identity_shard(self, index: int) -> Any:
+        return IdentityShard.options(
+            name=identity_name(index),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=1000,
+            scheduling_strategy="SPREAD",
+        ).remote(index, self.settings.to_dict(), self.settings.identity or None)
+
     async def topology(self) -> dict[str, Any]:
         """The partition map and the shard handles, index-aligned."""
         return {"map": self.map.to_dict(), "shards": self.shards}
 
     async def wait_ready(self, timeout_s: float = 60.0) -> list[dict]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(s.ping.remote() for s in self.shards)), timeout_s
+        pings = await asyncio.wait_for(
+            asyncio.gather(*(s.ping.remote() for s in [*self.shards, *self.identity_shards])),
+            timeout_s,
         )
+        return list(pings[: len(self.shards)])
 
     async def get_catalog(self) -> dict:
         return self.catalog

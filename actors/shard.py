@@ -35,7 +35,9 @@ from models.decision import DecideRequest, decide_many
 from models.decision_log import DecisionLog
 from models.errors import RtimError
 from models.events import Event
+from models.identity import merge_profiles
 from models.partitioning import PartitionMap, partition_of
+from models.profile import Profile
 from models.settings import Settings
 from models.store import ProfileStore
 
@@ -98,6 +100,8 @@ class ProfileShardImpl:
         self.slow_s = 0.0  # test hook: artificial delay in decide
         self.erasures_pending = 0
         self.recovered = False
+        self.moved: dict[str, str] = {}  # merged-away profile -> the profile it went to
+        self.pending_moves: dict[str, list] = {}  # absorbed -> [survivor, blob] not yet merged
         self.timer: asyncio.Task | None = None
         self.journal = Journal(
             shard_dir(self.settings.data_dir, index),
@@ -112,6 +116,7 @@ class ProfileShardImpl:
         started = time.monotonic()
         self.store = ProfileStore(self.settings.session_gap_s)
         self.log = DecisionLog(self.settings.decision_log_size)
+        self.moved, self.pending_moves = {}, {}
         try:
             state, records = self.journal.recover()
             if state is not None:
@@ -138,6 +143,8 @@ class ProfileShardImpl:
         for cid, blob in state["profiles"].items():
             self.store.put_blob(cid, blob)
         self.log.load(state.get("decisions", []))
+        self.moved.update(state.get("moved", {}))
+        self.pending_moves.update(state.get("pending_moves", {}))
         if state.get("catalog"):
             self._activate_catalog(state["catalog"])
         if state.get("model_version"):
@@ -157,6 +164,14 @@ class ProfileShardImpl:
             self._activate_catalog(rec[2])
         elif kind == "mdl":
             self._activate_model(rec[2])
+        elif kind == "move":
+            self._move_out(rec[2], rec[3], rec[4])
+        elif kind == "moved_ack":
+            self.pending_moves.pop(rec[2], None)
+        elif kind == "merge":
+            self._merge_in(rec[2], rec[3], rec[4], rec[5])
+        elif kind == "unmove":
+            self._forget_moves(rec[2])
 
     def _activate_catalog(self, data: dict) -> None:
         catalog = load_catalog(data)
@@ -183,6 +198,8 @@ class ProfileShardImpl:
             "decisions": self.log.entries(),
             "catalog": self.catalog.to_dict(),
             "model_version": self.model_version,
+            "moved": self.moved,
+            "pending_moves": self.pending_moves,
         }
 
     def _ensure_timer(self) -> None:
@@ -203,6 +220,8 @@ class ProfileShardImpl:
                 self.snapshot_task = asyncio.get_running_loop().create_task(self.snapshot())
             elif self.degraded is None:
                 self._maybe_snapshot()
+                for absorbed in list(self.pending_moves):
+                    await self._push(absorbed)
 
     async def snapshot(self) -> dict[str, Any]:
         """Write a snapshot now and compact the journal behind it."""
@@ -265,6 +284,7 @@ class ProfileShardImpl:
         m = PartitionMap(pmap["epoch"], tuple(pmap["owners"]), pmap["shards"])
         self.epoch = m.epoch
         self.partitions = m.partitions
+        self.owners = m.owners
         self.owned = m.partitions_of(self.index)
 
     def _owns(self, customer_id: str) -> bool:
@@ -330,6 +350,11 @@ class ProfileShardImpl:
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
         now = time.time()
+        moved = [[i, self.moved[ev.customer_id]] for i, ev in enumerate(events)
+                 if ev.customer_id in self.moved]  # fmt: skip
+        if moved:
+            gone = {i for i, _ in moved}
+            events = [ev for i, ev in enumerate(events) if i not in gone]
         applied, dups = self.store.apply_events(events, now, self._attribute)
         if applied:
             self.journal.append("ev", now, [list(ev) for ev in events])
@@ -344,12 +369,16 @@ class ProfileShardImpl:
                 return failed
         self.events_applied += applied
         self.duplicates += dups
+        if moved:
+            return {"applied": applied, "duplicates": dups, "moved": moved}
         return {"applied": applied, "duplicates": dups}
 
     async def get_profile(self, customer_id: str, epoch: int) -> dict[str, Any] | None:
         refused = self._refuse(epoch, customer_id)
         if refused:
             return refused
+        if customer_id in self.moved:
+            return {"moved": self.moved[customer_id]}
         p = self.store.get(customer_id)
         if p is None:
             return None
@@ -361,8 +390,12 @@ class ProfileShardImpl:
             return refused
         deleted = self.store.delete(customer_id)
         deleted = bool(self.log.erase(customer_id)) or deleted
+        unmoved = self._forget_moves(customer_id)
+        deleted = bool(unmoved) or deleted
         if deleted:
             self.journal.append("del", customer_id)
+            if unmoved:
+                self.journal.append("unmove", customer_id)
             failed = await self._commit()
             if failed:
                 return failed
@@ -415,8 +448,9 @@ class ProfileShardImpl:
             await asyncio.sleep(self.slow_s)
         now = time.time()
         live = [
-            i for i in range(len(requests)) if deadlines is None or deadlines[i] is None
-            or deadlines[i] >= now
+            i for i in range(len(requests))
+            if (deadlines is None or deadlines[i] is None or deadlines[i] >= now)
+            and requests[i].customer_id not in self.moved
         ]  # fmt: skip
         items = [(self.store.get_or_new(requests[i].customer_id), requests[i]) for i in live]
         try:
@@ -467,7 +501,11 @@ class ProfileShardImpl:
             if failed:
                 return failed
         self.decisions += len(results)
-        answers: list[dict[str, Any]] = [{"expired": True}] * len(requests)
+        answers: list[dict[str, Any]] = [
+            {"moved": self.moved[r.customer_id]} if r.customer_id in self.moved
+            else {"expired": True}
+            for r in requests
+        ]  # fmt: skip
         for i, result in zip(live, results):
             answers[i] = result
         return {"decisions": answers}
@@ -480,6 +518,101 @@ class ProfileShardImpl:
         if refused:
             return refused
         return {"decisions": self.log.for_customer(customer_id)}
+
+    # -- merges (identity resolution) ------------------------------------------------
+
+    def _forget_moves(self, customer_id: str) -> int:
+        """Drop tombstones from or to an erased customer."""
+        doomed = [a for a, s in self.moved.items() if customer_id in (a, s)]
+        for a in doomed:
+            del self.moved[a]
+            self.pending_moves.pop(a, None)
+        return len(doomed)
+
+    def _move_out(self, absorbed: str, survivor: str, blob: bytes | None) -> None:
+        self.store.delete(absorbed)
+        self.moved[absorbed] = survivor
+        if blob:
+            self.pending_moves[absorbed] = [survivor, blob]
+
+    def _merge_in(self, survivor: str, absorbed: str, blob: bytes, now: float) -> None:
+        p = self.store.get_or_new(survivor)
+        merge_profiles(p, Profile.unpack(absorbed, blob), now, self.settings.session_gap_s)
+        self.store.put(p)
+
+    async def move_out(self, absorbed: str, survivor: str, epoch: int) -> dict[str, Any]:
+        """Hand a profile over to ``survivor`` (merge) and leave a tombstone.
+
+        Later calls for ``absorbed`` are answered ``{"moved": survivor}``.
+        The hand-over is journalled first, so a crash before the survivor's
+        shard merged it is finished by the retry loop after recovery.
+        """
+        refused = self._refuse(epoch, absorbed)
+        if refused:
+            return refused
+        if absorbed in self.moved:
+            return {"moved": absorbed, "to": self.moved[absorbed], "pushed": True}
+        blob = self.store.blob(absorbed)
+        self._move_out(absorbed, survivor, blob)
+        self.journal.append("move", absorbed, survivor, blob)
+        failed = await self._commit()
+        if failed:
+            return failed
+        pushed = await self._push(absorbed) if blob else True
+        return {"moved": absorbed, "to": survivor, "pushed": pushed}
+
+    async def _push(self, absorbed: str) -> bool:
+        """Deliver a pending move to the survivor's shard; True once merged."""
+        pending = self.pending_moves.get(absorbed)
+        if pending is None:
+            return True
+        survivor, blob = pending
+        for _ in range(8):  # follow a chain of merges, boundedly
+            index = self.map_owner(survivor)
+            if index == self.index:
+                result = await self.merge_in(survivor, absorbed, blob, self.epoch)
+            else:
+                handle = ray.get_actor(shard_name(index), namespace=NAMESPACE)
+                try:
+                    result = await handle.merge_in.remote(survivor, absorbed, blob, self.epoch)
+                except Exception as exc:  # the survivor's shard is restarting
+                    log.warning("shard %s: push of %s failed (%s)", self.index, absorbed, exc)
+                    return False
+            if "moved" in result:
+                survivor = result["moved"]
+                continue
+            if "merged" not in result:
+                return False
+            self.pending_moves.pop(absorbed, None)
+            self.journal.append("moved_ack", absorbed)
+            await self._commit()
+            return True
+        return False
+
+    def map_owner(self, customer_id: str) -> int:
+        return self.owners[partition_of(customer_id, self.partitions)]
+
+    async def merge_in(
+        self, survivor: str, absorbed: str, blob: bytes, epoch: int
+    ) -> dict[str, Any]:
+        """Fold an absorbed profile into ``survivor`` (idempotent)."""
+        refused = self._refuse(epoch, survivor)
+        if refused:
+            return refused
+        if survivor in self.moved:
+            return {"moved": self.moved[survivor]}
+        now = time.time()
+        self._merge_in(survivor, absorbed, blob, now)
+        self.journal.append("merge", survivor, absorbed, blob, now)
+        failed = await self._commit()
+        return failed or {"merged": True}
+
+    async def forget_moves(self, customer_id: str) -> int:
+        n = self._forget_moves(customer_id)
+        if n:
+            self.journal.append("unmove", customer_id)
+            await self._commit()
+        return n
 
     # -- catalogue and model ------------------------------------------------------------
 

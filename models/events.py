@@ -6,6 +6,12 @@ event raises :class:`~models.errors.ValidationError` naming its field
 
 A validated event travels to its shard as a plain :class:`Event` tuple
 (cheap to serialise, no per-event class instances on the wire).
+
+An event may carry ``identifiers`` (``{"cookie": "…", "account": "…"}``,
+validated by :func:`models.identity.parse_identifiers`); ``customer_id`` is
+then optional and left ``""`` for the ingress to fill in once it has resolved
+the identifiers to a profile. An ``identify`` event carries identifiers and
+nothing else: it links them (see ``models/identity.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from models.errors import ValidationError
+
+if TYPE_CHECKING:
+    from models.identity import IdentityConfig
 
 EVENT_TYPES = frozenset(
     {
@@ -30,6 +39,7 @@ EVENT_TYPES = frozenset(
         "profile_update",
         "impression",
         "response",
+        "identify",
     }
 )
 RESPONSE_OUTCOMES = frozenset({"accepted", "rejected", "clicked", "ignored"})
@@ -51,6 +61,7 @@ class Event(NamedTuple):
     attributes: dict[str, Any]
     offer_id: str | None
     decision_id: str | None
+    identifiers: dict[str, str] | None = None  # type -> value, as sent
 
 
 def parse_ts(value: Any, field: str, now: float, max_future_s: float) -> float:
@@ -161,15 +172,36 @@ def _check_type_specific(etype: str, attrs: dict, ev: dict, field: str) -> None:
             raise ValidationError("response needs offer_id or decision_id", f"{field}.offer_id")
     elif etype == "impression" and ev.get("offer_id") is None:
         raise ValidationError("impression needs offer_id", f"{field}.offer_id")
+    elif etype == "identify" and ev.get("identifiers") is None:
+        raise ValidationError("identify needs identifiers", f"{field}.identifiers")
 
 
-def parse_event(ev: Any, index: int, now: float, max_future_s: float = 300.0) -> Event:
-    """Validate one raw event object; ``index`` is used to name fields."""
+def parse_event(
+    ev: Any,
+    index: int,
+    now: float,
+    max_future_s: float = 300.0,
+    identity: IdentityConfig | None = None,
+) -> Event:
+    """Validate one raw event object; ``index`` is used to name fields.
+
+    ``identity`` configures the identifier types (default: the built-in ones).
+    """
     field = f"events[{index}]"
     if not isinstance(ev, dict):
         raise ValidationError("each event must be an object", field)
     event_id = require_id(ev, "event_id", f"{field}.event_id")
-    customer_id = require_id(ev, "customer_id", f"{field}.customer_id")
+    identifiers = None
+    if ev.get("identifiers") is not None:
+        # Imported here: models.identity imports models.profile, which imports this module.
+        from models.identity import DEFAULT_IDENTITY, parse_identifiers
+
+        identifiers = parse_identifiers(
+            ev["identifiers"], f"{field}.identifiers", identity or DEFAULT_IDENTITY
+        )
+    customer_id = require_id(
+        ev, "customer_id", f"{field}.customer_id", required=identifiers is None
+    )
     etype = ev.get("type")
     if not isinstance(etype, str):
         raise ValidationError("type is required (string)", f"{field}.type")
@@ -183,11 +215,17 @@ def parse_event(ev: Any, index: int, now: float, max_future_s: float = 300.0) ->
     offer_id = require_id(ev, "offer_id", f"{field}.offer_id", required=False)
     decision_id = require_id(ev, "decision_id", f"{field}.decision_id", required=False)
     _check_type_specific(etype, attrs, ev, field)
-    return Event(event_id, customer_id, etype, ts, channel, attrs, offer_id, decision_id)  # type: ignore[arg-type]
+    return Event(
+        event_id, customer_id or "", etype, ts, channel, attrs, offer_id, decision_id, identifiers
+    )
 
 
 def parse_event_batch(
-    body: Any, max_batch: int, now: float | None = None, max_future_s: float = 300.0
+    body: Any,
+    max_batch: int,
+    now: float | None = None,
+    max_future_s: float = 300.0,
+    identity: IdentityConfig | None = None,
 ) -> list[Event]:
     """Validate ``{"events": [...]}`` whole; raise on the first bad event."""
     if not isinstance(body, dict):
@@ -204,4 +242,4 @@ def parse_event_batch(
             code="batch_too_large",
         )
     now = time.time() if now is None else now
-    return [parse_event(ev, i, now, max_future_s) for i, ev in enumerate(events)]
+    return [parse_event(ev, i, now, max_future_s, identity) for i, ev in enumerate(events)]

@@ -53,6 +53,7 @@ class Settings:
     max_inflight_per_replica: int = 1024  # requests in one ingress replica; then 503
     max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
     coalesce_max_batch: int = 64  # decide requests per shard call
+    identity: dict = field(default_factory=dict)  # identifier types and limits (README)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ in the shards.
 """
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -32,7 +33,8 @@ from models.errors import (
     Unavailable,
     ValidationError,
 )
-from models.events import MAX_ID_LEN, parse_event_batch
+from models.events import MAX_ID_LEN, Event, parse_event_batch
+from models.identity import IdentityConfig, parse_identifiers
 from models.settings import Settings
 from serving import schema
 from serving.coalesce import DecideCoalescer
@@ -44,6 +46,7 @@ from serving.errors import (
     handle_rtim_error,
     handle_unexpected,
 )
+from serving.identity import IdentityResolver
 from serving.region import ShardRegion
 
 API_VERSION = "v1"
@@ -139,6 +142,8 @@ class Ingress:
         self._started = False
         self.catalog: Catalog | None = None
         self.fallbacks = 0
+        self.identity_config = IdentityConfig.from_settings_value(self.settings.identity or None)
+        self.identity = IdentityResolver(self.region, self.identity_config)
         self.coalescer = DecideCoalescer(
             self.region,
             self.settings.coalesce_max_batch,
@@ -203,13 +208,43 @@ class Ingress:
     async def events(self, request: Request) -> Response:
         s = self.settings
         body = await read_body(request, s.max_body_bytes)
-        events = parse_event_batch(body, s.max_batch_events, None, s.max_future_skew_s)
-        region = await self._region()
-        applied, dups = await region.apply_events(events)
-        return encode(
-            {"accepted": len(events), "applied": applied, "duplicates": dups},
-            wants_msgpack(request),
+        events = parse_event_batch(
+            body, s.max_batch_events, None, s.max_future_skew_s, self.identity_config
         )
+        region = await self._region()
+        events, report = await self._recognise(events)
+        applied, dups = await region.apply_events(events, self.identity.moved)
+        answer: dict[str, Any] = {"accepted": len(events), "applied": applied, "duplicates": dups}
+        if report:
+            answer["identity"] = report
+        return encode(answer, wants_msgpack(request))
+
+    def _with_customer_id(self, identifiers: dict, customer_id: str | None) -> dict:
+        """``customer_id`` beside identifiers is the ``customer_id_type`` identifier."""
+        cid_type = self.identity_config.customer_id_type
+        if customer_id and cid_type is not None:
+            return {cid_type: customer_id, **identifiers}
+        return identifiers
+
+    async def _recognise(self, events: list[Event]) -> tuple[list[Event], dict[str, Any]]:
+        """Resolve events that carry identifiers to profile ids (linking as needed)."""
+        out: list[Event] = []
+        merged: list[str] = []
+        dropped: list[str] = []
+        for i, ev in enumerate(events):
+            if ev.identifiers:
+                ids = self._with_customer_id(dict(ev.identifiers), ev.customer_id or None)
+                pid, rep = await self.identity.resolve(ids, f"events[{i}].identifiers")
+                merged += rep.get("merged", [])
+                dropped += rep.get("dropped_identifiers", [])
+                ev = ev._replace(customer_id=pid)
+            out.append(ev)
+        report: dict[str, Any] = {}
+        if merged:
+            report["merged"] = merged
+        if dropped:
+            report["dropped_identifiers"] = dropped
+        return out, report
 
     # -- profiles -----------------------------------------------------------------
 
@@ -218,11 +253,39 @@ class Ingress:
     )
     async def get_profile(self, customer_id: str, request: Request) -> Response:
         cid = _customer_id(customer_id)
-        region = await self._region()
-        result = await region.call_for(cid, "get_profile")
-        if result is None:
-            raise NotFound(f"no profile for customer {cid!r}", "customer_id")
-        return encode(result["profile"], wants_msgpack(request))
+        await self._region()
+        return encode(await self._profile(cid), wants_msgpack(request))
+
+    async def _profile(self, cid: str) -> dict[str, Any]:
+        for _ in range(3):
+            result = await self.region.call_for(cid, "get_profile")
+            if result is None:
+                raise NotFound(f"no profile for customer {cid!r}", "customer_id")
+            if "moved" not in result:
+                profile = result["profile"]
+                profile["identifiers"] = await self.identity.identifiers_of(cid)
+                return profile
+            cid = result["moved"]
+        raise Unavailable("profile keeps moving (merges); retry", 1.0)
+
+    @api.get(
+        f"/{API_VERSION}/profiles",
+        tags=["profiles"],
+        summary="Find a profile by an identifier (e.g. ?cookie=abc or ?account=42)",
+    )
+    async def find_profile(self, request: Request) -> Response:
+        await self._region()
+        ids = {k: v for k, v in request.query_params.items()}
+        if not ids:
+            types = list(self.identity_config.types)
+            raise ValidationError(
+                f"give an identifier as a query parameter, one of {types}", "identifiers"
+            )
+        ids = parse_identifiers(ids, "identifiers", self.identity_config)
+        pid = await self.identity.lookup(ids)
+        if pid is None:
+            raise NotFound("no profile for these identifiers", "identifiers")
+        return encode(await self._profile(pid), wants_msgpack(request))
 
     @api.delete(
         f"/{API_VERSION}/profiles/{{customer_id}}",
@@ -233,9 +296,11 @@ class Ingress:
         cid = _customer_id(customer_id)
         region = await self._region()
         result = await region.call_for(cid, "delete_profile")
-        if not result["deleted"]:
+        forgotten = await self.identity.erase(cid)
+        await region.broadcast("forget_moves", cid)
+        if not result["deleted"] and not forgotten:
             raise NotFound(f"no profile for customer {cid!r}", "customer_id")
-        return encode({"deleted": cid}, wants_msgpack(request))
+        return encode({"deleted": cid, "identifiers": forgotten}, wants_msgpack(request))
 
     # -- decisions ------------------------------------------------------------------
 
@@ -279,12 +344,17 @@ class Ingress:
     async def decide(self, request: Request) -> Response:
         body = await read_body(request, self.settings.max_body_bytes)
         await self._region()
+        if isinstance(body, dict) and "identifiers" in body:
+            body = dict(body)
+            ids = parse_identifiers(body.pop("identifiers"), "identifiers", self.identity_config)
+            cid = body.get("customer_id")
+            ids = self._with_customer_id(ids, cid if isinstance(cid, str) else None)
+            body["customer_id"], _ = await self.identity.resolve(ids, "identifiers")
         req = parse_decide_request(body, self.catalog, self.settings.max_decide_limit)
         deadline_s = (req.deadline_ms or self.settings.decide_deadline_ms) / 1000.0
+        until = time.time() + deadline_s
         try:
-            answer = await asyncio.wait_for(
-                self.coalescer.decide(req, time.time() + deadline_s), timeout=deadline_s
-            )
+            answer = await asyncio.wait_for(self._decide_one(req, until), timeout=deadline_s)
         except asyncio.TimeoutError:
             return encode(self._fallback(req), wants_msgpack(request))
         except Unavailable as exc:
@@ -301,6 +371,16 @@ class Ingress:
         if newer:
             await self._refresh_catalog(newer)
         return encode(decision, wants_msgpack(request))
+
+    async def _decide_one(self, req: DecideRequest, until: float) -> dict[str, Any]:
+        """Decide via the coalescer, following a profile that was merged away."""
+        for _ in range(3):
+            answer = await self.coalescer.decide(req, until)
+            if "moved" not in answer:
+                return answer
+            self.identity.moved(req.customer_id, answer["moved"])
+            req = dataclasses.replace(req, customer_id=answer["moved"])
+        raise Unavailable("profile keeps moving (merges); retry", 1.0)
 
     @api.post(
         f"/{API_VERSION}/decide/batch",

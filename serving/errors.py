@@ -23,6 +23,7 @@ from models.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
+from models.identity import IdentityConflict
 from serving.codec import encode, wants_msgpack
 
 log = logging.getLogger("rtim.http")
@@ -36,6 +37,7 @@ STATUS: dict[type[RtimError], int] = {
     CatalogError: 422,
     ModelError: 422,
     Unavailable: 503,
+    IdentityConflict: 409,
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

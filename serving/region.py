@@ -29,6 +29,7 @@ log = logging.getLogger("rtim.region")
 
 _RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
 _MAX_STALE_RETRIES = 3
+_MAX_MOVES = 4
 
 
 class ShardRegion:
@@ -181,12 +182,37 @@ class ShardRegion:
             return {**result, "stale_seen": epoch}
         return result
 
-    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        """Apply a validated batch: one call per owning shard, all in parallel."""
-        results = await self.scatter("apply_events", events, _customer_of)
-        applied = sum(r["applied"] for _, r in results)
-        dups = sum(r["duplicates"] for _, r in results)
-        return applied, dups
+    async def apply_events(
+        self, events: Sequence[Event], on_moved: Callable[[str, str], None] | None = None
+    ) -> tuple[int, int]:
+        """Apply a validated batch: one call per owning shard, all in parallel.
+
+        Events for a profile that was merged away are sent on to the profile
+        it went to (``on_moved`` hears about each such move).
+        """
+        applied = dups = 0
+        pending = list(events)
+        for _ in range(_MAX_MOVES):
+            results = await self.scatter("apply_events", pending, _customer_of)
+            pending = []
+            for group, r in results:
+                applied += r["applied"]
+                dups += r["duplicates"]
+                for i, target in r.get("moved", ()):
+                    ev = group[i]
+                    if on_moved is not None:
+                        on_moved(ev.customer_id, target)
+                    pending.append(ev._replace(customer_id=target))
+            if not pending:
+                return applied, dups
+        raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
+
+    async def move_profile(self, absorbed: str, survivor: str) -> dict[str, Any]:
+        """Merge ``absorbed`` into ``survivor``; its shard leaves a tombstone."""
+        result = await self.call_for(absorbed, "move_out", survivor)
+        if not result.get("pushed"):
+            raise Unavailable("profile merge is pending; retry", 1.0, code="merge_pending")
+        return result
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         async def one(h: Any) -> dict | None:

@@ -25,9 +25,16 @@ ERROR = {
     },
 }
 
+IDENTIFIERS = {
+    "type": "object",
+    "description": "typed identifiers, e.g. {cookie, device, email_sha256, account}; "
+    "resolved (and linked) to one profile instead of or beside customer_id",
+    "additionalProperties": {"type": "string"},
+}
+
 EVENT = {
     "type": "object",
-    "required": ["event_id", "customer_id", "type"],
+    "required": ["event_id", "type"],
     "properties": {
         "event_id": {"type": "string", "description": "unique id; retries are deduplicated"},
         "customer_id": {"type": "string"},
@@ -40,6 +47,7 @@ EVENT = {
         "attributes": {"type": "object"},
         "offer_id": {"type": "string"},
         "decision_id": {"type": "string"},
+        "identifiers": IDENTIFIERS,
     },
 }
 
@@ -51,9 +59,9 @@ EVENTS_BODY = {
 
 DECIDE_BODY = {
     "type": "object",
-    "required": ["customer_id"],
     "properties": {
         "customer_id": {"type": "string"},
+        "identifiers": IDENTIFIERS,
         "channel": {"type": "string"},
         "channels": {"type": "array", "items": {"type": "string"}},
         "placement": {"type": "string"},

@@ -16,6 +16,7 @@ import ray
 from ray import serve
 
 from actors.coordinator import COORDINATOR_NAME, get_or_create_coordinator
+from actors.identity import identity_name
 from actors.shard import NAMESPACE, shard_name
 from models.settings import Settings
 from serving.app import build_app
@@ -94,7 +95,9 @@ def stop(runtime: Runtime) -> None:
         serve.delete(APP_NAME)
     except Exception as exc:  # already gone: nothing to stop
         log.debug("serve.delete: %s", exc)
-    for name in [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.shards))]:
+    names = [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.shards))]
+    names += [identity_name(i) for i in range(runtime.shards)]
+    for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         except ValueError:
