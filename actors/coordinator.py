@@ -68,33 +68,30 @@ class ShardCoordinatorImpl:
             os.fsync(fh.fileno())
         os.replace(tmp, self.state_path)
 
+    @staticmethod
+    def _options(name: str) -> dict[str, Any]:
+        """Shard actors: named, detached, restarted without limit, spread over nodes."""
+        return {
+            "name": name,
+            "namespace": NAMESPACE,
+            "get_if_exists": True,
+            "lifetime": "detached",
+            "max_restarts": -1,
+            "max_task_retries": 0,
+            "num_cpus": 0,
+            "max_concurrency": 1000,
+            "scheduling_strategy": "SPREAD",
+        }
+
     def _shard(self, index: int) -> Any:
-        return ProfileShard.options(
-            name=shard_name(index),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=1000,
-            scheduling_strategy="SPREAD",
-        ).remote(
+        return ProfileShard.options(**self._options(shard_name(index))).remote(
             index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
         )
 
     def _identity_shard(self, index: int) -> Any:
-        return IdentityShard.options(
-            name=identity_name(index),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=1000,
-            scheduling_strategy="SPREAD",
-        ).remote(index, self.settings.to_dict(), self.settings.identity or None)
+        return IdentityShard.options(**self._options(identity_name(index))).remote(
+            index, self.settings.to_dict(), self.settings.identity or None
+        )
 
     async def topology(self) -> dict[str, Any]:
         """The partition map and the shard handles, index-aligned."""

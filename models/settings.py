@@ -32,7 +32,7 @@ class Settings:
     shards: int = 0  # 0 = one per CPU that Ray sees
     partitions: int = 256
     ingress_replicas: int = 1
-    ingress_mode: str = "proxy"  # "haproxy" (Serve direct ingress) or "proxy"
+    ingress_mode: str = "haproxy"  # "haproxy" (Serve direct ingress) or "proxy"
     max_body_bytes: int = 1 << 20
     max_batch_events: int = 1000
     max_batch_decisions: int = 1000

@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "model_registry": args.model_registry,
                 "ingress_mode": args.ingress_mode,
                 "ingress_replicas": args.replicas,
+                "fsync": args.fsync,
             },
         )
     except SettingsError as exc:
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog", help="catalogue YAML (default: the bundled demo)")
     s.add_argument("--model-registry", help="model registry directory (default: bundled)")
     s.add_argument("--ingress-mode", choices=["haproxy", "proxy"])
+    s.add_argument("--fsync", choices=["always", "batch", "off"], help="journal fsync policy")
     s.add_argument("--detach", action="store_true", help="deploy and exit (cluster mode)")
     s.set_defaults(func=_serve)
     return parser

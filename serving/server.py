@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -34,13 +37,48 @@ class Runtime:
     url: str
     shards: int
     owns_ray: bool
+    scratch: str | None = None  # private HAProxy directory, removed on stop
 
 
-def _ray_env(settings: Settings) -> dict[str, str]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _haproxy_isolation() -> dict[str, str]:
+    """Private HAProxy files and ports, so two servers on one host do not clash.
+
+    Serve's HAProxy mode defaults to fixed stats/metrics ports (8404, 9101)
+    and files under /tmp/haproxy-serve. The directory name is kept short:
+    HAProxy refuses socket paths over 97 bytes.
+    """
+    hp = Path(tempfile.mkdtemp(prefix="rtim-hp-", dir="/tmp"))
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    }
+
+
+def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
+    """Environment for Ray's processes; values the operator set win."""
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if settings.ingress_mode == "haproxy" else "0"}
     # Serve's request logs cost more than a decision; keep them off by default.
-    env["RAY_SERVE_LOG_TO_STDERR"] = os.environ.get("RAY_SERVE_LOG_TO_STDERR", "0")
-    return env
+    env["RAY_SERVE_LOG_TO_STDERR"] = "0"
+    if embedded:
+        # Ray starts workers at nice 15 (below its own daemons); the proxy,
+        # replicas and shards ARE the server here, so run them at normal priority.
+        env["RAY_worker_niceness"] = "0"
+        if settings.ingress_mode == "haproxy":
+            env.update(_haproxy_isolation())
+    return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
 class PortInUse(RuntimeError):
@@ -63,7 +101,7 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     if not address:
         check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
-        env = _ray_env(settings)
+        env = _ray_env(settings, embedded=not address)
         os.environ.update(env)  # an embedded Ray's processes inherit this
         kwargs: dict = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": True}
         if address:
@@ -86,7 +124,9 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     )
     url = f"http://{settings.host}:{settings.port}"
     log.info("server up in %.1fs with %d shards", time.monotonic() - started, len(pings))
-    return Runtime(settings, url, len(pings), owns_ray)
+    scratch = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    mine = scratch if scratch and Path(scratch).name.startswith("rtim-hp-") else None
+    return Runtime(settings, url, len(pings), owns_ray, mine)
 
 
 def stop(runtime: Runtime) -> None:
@@ -105,3 +145,5 @@ def stop(runtime: Runtime) -> None:
     if runtime.owns_ray:
         serve.shutdown()
         ray.shutdown()
+    if runtime.scratch:
+        shutil.rmtree(runtime.scratch, ignore_errors=True)
