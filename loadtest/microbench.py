@@ -1,0 +1,212 @@
+"""The in-shard decide microbenchmark: one decision's cost without Ray or HTTP.
+
+In-process and single-threaded, it builds profiles from the same events the
+benchmark preloads, loads a catalogue and the bundled propensity model, and
+times :func:`models.decision.decide` call by call (median and p99 in µs):
+
+* ``demo``: the demo catalogue, web / home_hero (what ``POST /v1/decide`` runs);
+* ``demo_shard_path``: the same plus what the shard does around it, unpacking
+  the stored profile and packing it back with the impression recorded;
+* ``synthetic``: a 50-offer catalogue with 20 global rules, cloned from the demo;
+* ``decide_many``: batches of 100 requests with one model run per batch;
+* ``shard_method``: :class:`actors.shard.ProfileShardImpl` (the actor's class,
+  called in-process without Ray) deciding one request per call, as
+  ``POST /v1/decide`` makes it: decision log, impressions and the journal
+  (``fsync=off``, in a temporary directory) included. Set against the server's
+  shard CPU per decide, it shows what Ray's actor call adds.
+
+Run alone with ``python -m loadtest.microbench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from loadtest.workload import EventFactory, customer_id, live_context
+from models.catalog import Catalog, load_catalog
+from models.decision import DecideRequest, decide, decide_many
+from models.events import parse_event
+from models.registry import ModelRegistry
+from models.settings import Settings
+from models.store import ProfileStore
+
+TARGET_US = 200.0  # the design target for one in-shard decision (median)
+
+
+def build_store(n: int, now: float, seed: int = 11) -> ProfileStore:
+    """``n`` customers with the benchmark's preload histories."""
+    store = ProfileStore()
+    factory = EventFactory("micro", seed)
+    for i in range(n):
+        raw = factory.profile_history(customer_id(i, "m"))
+        events = [parse_event(ev, k, now) for k, ev in enumerate(raw)]
+        store.apply_events(events, now)
+    return store
+
+
+def synthetic_catalog(base: Catalog, offers: int = 50, global_rules: int = 20) -> Catalog:
+    """The demo catalogue with its offers cloned to ``offers`` and its rules to ``global_rules``."""
+    data = base.to_dict()
+    data["version"] = f"synthetic-{offers}x{global_rules}"
+    originals = data["offers"]
+    out = list(originals)
+    k = 1
+    while len(out) < offers:
+        for spec in originals:
+            if len(out) >= offers:
+                break
+            out.append(_clone_offer(spec, k))
+        k += 1
+    data["offers"] = out
+    stages = data["policies"]
+    existing = [(stage, r) for stage, rules in stages.items() for r in rules]
+    k = 1
+    while sum(len(r) for r in stages.values()) < global_rules:
+        stage, rule = existing[(k - 1) % len(existing)]
+        stages[stage].append({**copy.deepcopy(rule), "id": f"{rule['id']}_{k}"})
+        k += 1
+    return load_catalog(data)
+
+
+def _clone_offer(spec: dict, k: int) -> dict:
+    clone = copy.deepcopy(spec)
+    clone["id"] = f"{spec['id']}_{k}"
+    for t in clone["treatments"]:
+        t["id"] = f"{t['id']}_{k}"
+    for stage in ("eligibility", "applicability", "suitability"):
+        for rule in clone.get(stage, []):
+            rule["id"] = f"{rule['id']}_{k}"
+    for w in clone.get("context_weights", []):
+        w["id"] = f"{w['id']}_{k}"
+    return clone
+
+
+def _time_calls(fn: Any, args: list[tuple], warmup: int) -> list[float]:
+    """µs per call of ``fn(*a)`` for each ``a`` in ``args`` (after ``warmup`` calls)."""
+    for a in args[:warmup]:
+        fn(*a)
+    perf = time.perf_counter_ns
+    out = []
+    for a in args:
+        t0 = perf()
+        fn(*a)
+        out.append((perf() - t0) / 1000.0)
+    return out
+
+
+def _stats(us: list[float]) -> dict[str, float]:
+    us = sorted(us)
+    return {
+        "median_us": round(statistics.median(us), 1),
+        "p99_us": round(us[min(len(us) - 1, int(len(us) * 0.99))], 1),
+        "calls": len(us),
+    }
+
+
+def run(iterations: int = 3000, batches: int = 30, batch_size: int = 100) -> dict[str, Any]:
+    """All microbenchmark cases; µs are medians of single calls."""
+    settings = Settings()
+    demo = load_catalog(settings.catalog)
+    registry = ModelRegistry(settings.model_registry, demo.group_of)
+    scorer = registry.latest()
+    now = time.time()
+    n_profiles = min(iterations, 500)
+    store = build_store(n_profiles, now)
+    ids = list(store.ids())
+    rng = random.Random(5)
+    requests = [
+        DecideRequest(cid, ("web",), "home_hero", live_context(rng, now))
+        for cid in (ids[i % len(ids)] for i in range(iterations))
+    ]
+    profiles = {cid: store.get(cid) for cid in ids}
+    out: dict[str, Any] = {"profiles": n_profiles, "model_version": registry.latest_version()}
+
+    def pure(catalog: Catalog) -> dict[str, Any]:
+        args = [(profiles[r.customer_id], r, catalog, scorer, now) for r in requests]
+        res = _stats(_time_calls(decide, args, warmup=min(200, iterations)))
+        res["candidates"] = len(catalog.candidates("web", "home_hero"))
+        res["offers"] = len(catalog.offers)
+        res["global_rules"] = len(catalog.global_rules)
+        res["rules"] = len(catalog.rules)
+        return res
+
+    out["demo"] = pure(demo)
+
+    def shard_path(req: DecideRequest) -> None:
+        p = store.get_or_new(req.customer_id)
+        d = decide(p, req, demo, scorer, now)
+        for o in d.offers:
+            p.record_contact(now, o["offer_id"], o["channel"], "impression")
+        store.put(p)
+
+    # Profiles grow by an impression per call here, as in the shard.
+    out["demo_shard_path"] = _stats(
+        _time_calls(shard_path, [(r,) for r in requests], warmup=min(200, iterations))
+    )
+    out["synthetic"] = pure(synthetic_catalog(demo))
+
+    groups = [
+        [(profiles[r.customer_id], r) for r in rng.sample(requests, min(batch_size, len(requests)))]
+        for _ in range(batches)
+    ]
+    per_batch = _time_calls(
+        lambda items: decide_many(items, demo, scorer, now), [(g,) for g in groups], warmup=3
+    )
+    median_batch_us = statistics.median(per_batch)
+    out["decide_many"] = {
+        "batch": batch_size,
+        "batches": batches,
+        "median_batch_ms": round(median_batch_us / 1000.0, 3),
+        "us_per_decision": round(median_batch_us / batch_size, 1),
+        "decisions_per_s": round(batch_size / (median_batch_us / 1e6), 1),
+    }
+    out["shard_method"] = asyncio.run(_shard_method(requests, store, now))
+    out["target_us"] = TARGET_US
+    out["meets_target"] = out["demo"]["median_us"] <= TARGET_US
+    out["synthetic_meets_target"] = out["synthetic"]["median_us"] <= TARGET_US
+    return out
+
+
+async def _shard_method(
+    requests: list[DecideRequest], store: ProfileStore, now: float
+) -> dict[str, Any]:
+    """``ProfileShardImpl.decide`` one request at a time: wall and CPU µs per call."""
+    from actors.shard import ProfileShardImpl  # the class only; Ray is not started
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=tmp, fsync="off", shards=1, partitions=8)
+        shard = ProfileShardImpl(
+            0, settings.to_dict(), {"epoch": 1, "owners": [0] * 8, "shards": 1}
+        )
+        for cid, blob in store.items():
+            shard.store.put_blob(cid, blob)
+        calls = requests[: min(len(requests), 1000)]
+        for r in calls[:50]:
+            await shard.decide([r], None, 1)
+        wall: list[float] = []
+        cpu0 = time.process_time()
+        for r in calls:
+            t0 = time.perf_counter_ns()
+            await shard.decide([r], None, 1)
+            wall.append((time.perf_counter_ns() - t0) / 1000.0)
+        cpu_us = (time.process_time() - cpu0) / len(calls) * 1e6
+        shard.journal.close()
+    return {**_stats(wall), "cpu_us_per_call": round(cpu_us, 1)}
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    print(json.dumps(run(300 if quick else 3000, 5 if quick else 30), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
