@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import ray
 
 from actors.journal import Journal
@@ -154,6 +155,8 @@ class ProfileShardImpl:
         kind = rec[1]
         if kind == "ev":
             now, events = rec[2], rec[3]
+            if isinstance(events, bytes):
+                events = msgpack.unpackb(events, raw=False)
             self.store.apply_events([Event(*e) for e in events], now, self._attribute)
         elif kind == "dec":
             self._record_decisions(rec[2], rec[3])
@@ -341,8 +344,16 @@ class ProfileShardImpl:
 
     # -- profiles -------------------------------------------------------------------
 
-    async def apply_events(self, events: list[Event], epoch: int) -> dict[str, Any]:
-        """Apply a batch of events owned by this shard, durably, in order."""
+    async def apply_events(self, events: list[Event] | bytes, epoch: int) -> dict[str, Any]:
+        """Apply a batch of events owned by this shard, durably, in order.
+
+        ``events`` may come msgpack-packed (a list of Event field lists): the
+        ingress packs once, and the same bytes go into the journal.
+        """
+        packed = events if isinstance(events, bytes) else None
+        if packed is not None:
+            events = [Event(*e) for e in msgpack.unpackb(packed, raw=False)]
+        assert isinstance(events, list)
         refused = self._refuse(epoch, *(ev.customer_id for ev in events))
         if refused:
             return refused
@@ -355,9 +366,10 @@ class ProfileShardImpl:
         if moved:
             gone = {i for i, _ in moved}
             events = [ev for i, ev in enumerate(events) if i not in gone]
+            packed = None
         applied, dups = self.store.apply_events(events, now, self._attribute)
         if applied:
-            self.journal.append("ev", now, [list(ev) for ev in events])
+            self.journal.append("ev", now, packed or [list(ev) for ev in events])
             failed = await self._commit()
             if failed:
                 return failed
