@@ -16,6 +16,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from ray import serve
+from ray.serve import metrics as serve_metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -158,6 +159,13 @@ class Ingress:
         self._started = False
         self.catalog: Catalog | None = None
         self.fallbacks = 0
+        self.overloaded = 0
+        # Exported with Ray's metrics (Prometheus) as ray_rtim_decide_fallbacks.
+        self.fallback_counter = serve_metrics.Counter(
+            "rtim_decide_fallbacks",
+            description="Decides answered with the catalogue fallback (deadline missed "
+            "or shard unavailable).",
+        )
         self.identity_config = IdentityConfig.from_settings_value(self.settings.identity or None)
         self.identity = IdentityResolver(self.region, self.identity_config)
         self.coalescer = DecideCoalescer(
@@ -324,6 +332,7 @@ class Ingress:
         """The catalogue's fallback answer, for a shard that missed the deadline."""
         assert self.catalog is not None
         self.fallbacks += 1
+        self.fallback_counter.inc()
         offers = self.catalog.fallback_offers(req.channels)[: req.limit]
         return {
             "decision_id": uuid.uuid4().hex,
@@ -535,6 +544,26 @@ class Ingress:
         results = await region.broadcast("snapshot", timeout_s=300.0)
         failed = [r for r in results if "unavailable" in r]
         return encode({"shards": results}, wants_msgpack(request), 503 if failed else 200)
+
+    @api.get(
+        f"/{API_VERSION}/admin/ingress",
+        tags=["admin"],
+        summary="Counters of the ingress replica that answers",
+    )
+    async def ingress_stats(self, request: Request) -> Response:
+        c, i = self.coalescer, self.identity
+        body = {
+            "decide_fallbacks": self.fallbacks,
+            "inflight": _limits["inflight"],
+            "coalesced_batches": c.batches,
+            "coalesced_requests": c.requests,
+            "mean_batch": round(c.requests / c.batches, 2) if c.batches else None,
+            "identity_lookups": i.lookups,
+            "identity_cache_hits": i.hits,
+            "identity_merges": i.merges,
+            "catalog_version": self.catalog.version if self.catalog else None,
+        }
+        return encode(body, wants_msgpack(request))
 
     @api.get(f"/{API_VERSION}/admin/shards", tags=["admin"], summary="Shard statistics")
     async def shard_stats(self, request: Request) -> Response:

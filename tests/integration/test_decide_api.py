@@ -231,6 +231,7 @@ async def test_slow_shard_yields_fallback_within_the_deadline(client, server_set
     pmap = PartitionMap.initial(server_settings.partitions, 2)
     cid = await customer(client, "slow")
     shard = ray.get_actor(shard_name(pmap.shard_of(cid)), namespace=NAMESPACE)
+    before = (await client.get("/v1/admin/ingress")).json()["decide_fallbacks"]
     await shard.set_slow.remote(0.5)
     try:
         t0 = time.perf_counter()
@@ -243,6 +244,8 @@ async def test_slow_shard_yields_fallback_within_the_deadline(client, server_set
         assert d["fallback"] is True
         assert [o["offer_id"] for o in d["offers"]] == ["service_message"]
         assert elapsed < 0.4
+        after = (await client.get("/v1/admin/ingress")).json()["decide_fallbacks"]
+        assert after == before + 1  # counted (one ingress replica in the tests)
     finally:
         await shard.set_slow.remote(0.0)
     # The late shard call recorded nothing: no impression of the fallback's stand-in.
