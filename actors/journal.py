@@ -136,6 +136,8 @@ class Journal:
         never appended to, so a torn tail stays where it was until compacted).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.dir.glob(".snapshot-*.tmp"):
+            tmp.unlink()  # a snapshot cut off by a crash; the previous one still stands
         state = None
         base = 0
         for n in reversed(self.snapshots()):

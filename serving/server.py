@@ -6,6 +6,7 @@ the same start-up path as ``make serve``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -130,20 +131,21 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
 
 
 def stop(runtime: Runtime) -> None:
-    """Delete the app and the shards; shut Ray down if we started it."""
-    try:
-        serve.delete(APP_NAME)
-    except Exception as exc:  # already gone: nothing to stop
-        log.debug("serve.delete: %s", exc)
-    names = [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.shards))]
-    names += [identity_name(i) for i in range(runtime.shards)]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
+    """Stop the server: all of Ray if we started it, else our app and actors."""
     if runtime.owns_ray:
-        serve.shutdown()
+        # Everything acknowledged is already in the journals, so stopping the
+        # embedded Ray outright is safe, and it takes ~1 s where draining
+        # Serve's HAProxy first takes ~30 s.
         ray.shutdown()
+    else:
+        try:
+            serve.delete(APP_NAME)
+        except Exception as exc:  # already gone: nothing to stop
+            log.debug("serve.delete: %s", exc)
+        names = [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.shards))]
+        names += [identity_name(i) for i in range(runtime.shards)]
+        for name in names:
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
     if runtime.scratch:
         shutil.rmtree(runtime.scratch, ignore_errors=True)
