@@ -53,6 +53,7 @@ class Settings:
     max_inflight_per_replica: int = 1024  # requests in one ingress replica; then 503
     max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
     coalesce_max_batch: int = 64  # decide requests per shard call
+    coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -62,7 +63,7 @@ class Settings:
             "max_batch_decisions", "max_decide_limit", "session_gap_s", "decision_log_size",
             "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
             "decide_deadline_ms", "max_inflight_per_replica", "max_inflight_per_shard",
-            "coalesce_max_batch",
+            "coalesce_max_batch", "coalesce_max_calls",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -171,6 +171,7 @@ class Ingress:
         self.coalescer = DecideCoalescer(
             self.region,
             self.settings.coalesce_max_batch,
+            max_calls=self.settings.coalesce_max_calls,
             max_queue=self.settings.max_inflight_per_shard,
         )
         _limits["max_inflight"] = self.settings.max_inflight_per_replica
