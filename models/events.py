@@ -48,6 +48,9 @@ CREDIT_RESULTS = frozenset({"pass", "fail"})
 MAX_ID_LEN = 256
 MAX_ATTRIBUTES = 64
 MAX_STRING_VALUE = 1024
+MAX_INT = 2**53  # exact in JSON doubles and in msgpack
+MAX_NUMBER = 1e15  # money and quantities: large, but sums stay finite
+MAX_QTY = 1_000_000
 
 
 class Event(NamedTuple):
@@ -106,6 +109,16 @@ def require_id(obj: dict, key: str, field: str, required: bool = True) -> str | 
     return value
 
 
+def _check_number(value: Any, field: str) -> None:
+    """Numbers must be finite and fit 64 bits (profiles are stored as msgpack)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise ValidationError(f"integers must lie within ±{MAX_INT}", field)
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_NUMBER):
+        raise ValidationError(f"numbers must be finite and within ±{MAX_NUMBER:g}", field)
+
+
 def _check_attributes(attrs: Any, field: str) -> dict[str, Any]:
     if attrs is None:
         return {}
@@ -117,8 +130,7 @@ def _check_attributes(attrs: Any, field: str) -> dict[str, Any]:
         if not isinstance(key, str) or not key:
             raise ValidationError("attribute names must be non-empty strings", field)
         if value is None or isinstance(value, (bool, int, float)):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValidationError("attribute values must be finite", f"{field}.{key}")
+            _check_number(value, f"{field}.{key}")
             continue
         if isinstance(value, str):
             if len(value) > MAX_STRING_VALUE:
@@ -127,6 +139,8 @@ def _check_attributes(attrs: Any, field: str) -> dict[str, Any]:
         if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
             if len(value) > MAX_ATTRIBUTES:
                 raise ValidationError("attribute list too long", f"{field}.{key}")
+            for i, v in enumerate(value):
+                _check_number(v, f"{field}.{key}[{i}]")
             continue
         raise ValidationError(
             "attribute values must be strings, numbers, booleans, null or lists of scalars",
@@ -142,15 +156,19 @@ def _check_type_specific(etype: str, attrs: dict, ev: dict, field: str) -> None:
         if not isinstance(item, str) or not item:
             raise ValidationError(f"{etype} needs attributes.item (string)", f"{afield}.item")
         qty = attrs.get("qty", 1)
-        if isinstance(qty, bool) or not isinstance(qty, int) or qty < 1:
-            raise ValidationError("qty must be a positive integer", f"{afield}.qty")
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+            raise ValidationError(f"qty must be an integer from 1 to {MAX_QTY}", f"{afield}.qty")
         price = attrs.get("price", 0)
         if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
             raise ValidationError("price must be a non-negative number", f"{afield}.price")
+        if price > MAX_NUMBER / MAX_QTY:
+            raise ValidationError("price is implausibly large", f"{afield}.price")
     elif etype == "purchase":
         amount = attrs.get("amount", 0)
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise ValidationError("amount must be a non-negative number", f"{afield}.amount")
+        if amount > MAX_NUMBER / 1000:
+            raise ValidationError("amount is implausibly large", f"{afield}.amount")
     elif etype == "credit_check":
         if attrs.get("result") not in CREDIT_RESULTS:
             raise ValidationError(

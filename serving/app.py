@@ -35,7 +35,7 @@ from models.errors import (
     ValidationError,
 )
 from models.events import MAX_ID_LEN, Event, parse_event_batch
-from models.identity import IdentityConfig, parse_identifiers
+from models.identity import IdentityConfig, IdentityConflict, parse_identifiers
 from models.settings import Settings
 from serving import schema
 from serving.coalesce import DecideCoalescer
@@ -244,12 +244,18 @@ class Ingress:
             answer["identity"] = report
         return encode(answer, wants_msgpack(request))
 
-    def _with_customer_id(self, identifiers: dict, customer_id: str | None) -> dict:
+    def _with_customer_id(
+        self, identifiers: dict, customer_id: str | None, field: str = "customer_id"
+    ) -> dict:
         """``customer_id`` beside identifiers is the ``customer_id_type`` identifier."""
         cid_type = self.identity_config.customer_id_type
-        if customer_id and cid_type is not None:
-            return {cid_type: customer_id, **identifiers}
-        return identifiers
+        if not customer_id or cid_type is None:
+            return identifiers
+        if identifiers.get(cid_type, customer_id) != customer_id:
+            raise IdentityConflict(
+                f"customer_id and identifiers.{cid_type} name different customers", field
+            )
+        return {cid_type: customer_id, **identifiers}
 
     async def _recognise(self, events: list[Event]) -> tuple[list[Event], dict[str, Any]]:
         """Resolve events that carry identifiers to profile ids (linking as needed)."""
@@ -258,7 +264,9 @@ class Ingress:
         dropped: list[str] = []
         for i, ev in enumerate(events):
             if ev.identifiers:
-                ids = self._with_customer_id(dict(ev.identifiers), ev.customer_id or None)
+                ids = self._with_customer_id(
+                    dict(ev.identifiers), ev.customer_id or None, f"events[{i}].customer_id"
+                )
                 pid, rep = await self.identity.resolve(ids, f"events[{i}].identifiers")
                 merged += rep.get("merged", [])
                 dropped += rep.get("dropped_identifiers", [])
@@ -374,10 +382,13 @@ class Ingress:
             body = dict(body)
             ids = parse_identifiers(body.pop("identifiers"), "identifiers", self.identity_config)
             cid = body.get("customer_id")
-            ids = self._with_customer_id(ids, cid if isinstance(cid, str) else None)
+            if cid is not None and (not isinstance(cid, str) or not cid):
+                raise ValidationError("customer_id must be a non-empty string", "customer_id")
+            ids = self._with_customer_id(ids, cid)
             body["customer_id"], _ = await self.identity.resolve(ids, "identifiers")
         req = parse_decide_request(body, self.catalog, self.settings.max_decide_limit)
         deadline_s = (req.deadline_ms or self.settings.decide_deadline_ms) / 1000.0
+        deadline_s = min(deadline_s, self.settings.shard_call_timeout_s)
         until = time.time() + deadline_s
         try:
             answer = await asyncio.wait_for(self._decide_one(req, until), timeout=deadline_s)
@@ -521,7 +532,11 @@ class Ingress:
     )
     async def activate_model(self, request: Request) -> Response:
         body = await read_body(request, self.settings.max_body_bytes)
-        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("version"), str)
+            or not body["version"]
+        ):
             raise ValidationError('body must be {"version": "<model version>"}', "version")
         version = body["version"]
         region = await self._region()

@@ -44,6 +44,12 @@ def assert_error(r: httpx.Response, status: int, field: str | None, code: str | 
         ({"event_id": "e", "customer_id": "c", "type": "add_to_cart",
           "attributes": {"item": "x", "qty": -1}}, "events[1].attributes.qty"),
         ({"event_id": "e", "customer_id": "c", "type": "opt_out"}, "events[1].attributes.channel"),
+        ({"event_id": "e", "customer_id": "c", "type": "profile_update",
+          "attributes": {"n": 10**30}}, "events[1].attributes.n"),
+        ({"event_id": "e", "customer_id": "c", "type": "add_to_cart",
+          "attributes": {"item": "x", "qty": 10**7}}, "events[1].attributes.qty"),
+        ({"event_id": "e", "customer_id": "c", "type": "purchase",
+          "attributes": {"amount": 1e300}}, "events[1].attributes.amount"),
         ("not an object", "events[1]"),
     ],
 )  # fmt: skip

@@ -265,6 +265,8 @@ async def test_slow_shard_yields_fallback_within_the_deadline(client, server_set
         ({"customer_id": "c", "channel": "web", "explain": "yes"}, "explain"),
         ({"customer_id": "c", "channel": "web", "context": []}, "context"),
         ({"customer_id": "c", "channel": "web", "surprise": 1}, "surprise"),
+        ({"identifiers": {"cookie": "a"}, "customer_id": 5, "channel": "web"}, "customer_id"),
+        ({"identifiers": {"cookie": ""}, "channel": "web"}, "identifiers.cookie"),
     ],
 )
 async def test_bad_decide_requests_name_the_field(client, body, field) -> None:
