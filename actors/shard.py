@@ -331,10 +331,6 @@ class ProfileShardImpl:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    async def set_map(self, pmap: dict) -> int:
-        self._set_map(pmap)
-        return self.epoch
-
     async def customer_ids(self) -> list[str]:
         return list(self.store.ids())
 
@@ -429,15 +425,21 @@ class ProfileShardImpl:
             return ev._replace(offer_id=offer)
         return ev
 
-    def _record_decisions(self, now: float, entries: list[dict]) -> None:
-        """Log decisions and count their offers as impressions (if on_decide)."""
-        touched = {}
+    def _record_decisions(
+        self, now: float, entries: list[dict], unpacked: dict[str, Profile] | None = None
+    ) -> None:
+        """Log decisions and count their offers as impressions (if on_decide).
+
+        ``unpacked``: profiles the caller already holds, so they are not
+        unpacked a second time.
+        """
+        touched: dict[str, Profile] = {}
         for entry in entries:
             self.log.add(entry)
             if not entry.get("impressions"):
                 continue
             cid = entry["customer_id"]
-            p = touched.get(cid) or self.store.get_or_new(cid)
+            p = touched.get(cid) or (unpacked or {}).get(cid) or self.store.get_or_new(cid)
             touched[cid] = p
             for c in entry["chosen"]:
                 p.record_contact(now, c["offer_id"], c["channel"], "impression")
@@ -506,7 +508,7 @@ class ProfileShardImpl:
             if d.trace is not None:
                 out["trace"] = d.trace
             results.append(out)
-        self._record_decisions(now, entries)
+        self._record_decisions(now, entries, {p.customer_id: p for p, _ in items})
         if entries:
             self.journal.append("dec", now, entries)
             failed = await self._commit()

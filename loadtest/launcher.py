@@ -7,10 +7,9 @@ Ray process it starts stays in that session (Ray's workers get process groups
 of their own, but not sessions), so the session id finds them all: to read
 their CPU time per phase and, should a graceful stop fail, to end them.
 
-HAProxy mode uses fixed ports (stats 8404, metrics 9101) and files under
-``/tmp/haproxy-serve`` by default; each benchmark server gets its own, so a
-benchmark never collides with another server on the same machine. (Its files
-go in a short /tmp directory: HAProxy refuses socket paths over 97 bytes.)
+``rtim serve`` gives its HAProxy private ports and files itself
+(``serving.server``), so a benchmark never collides with another server on
+the same machine.
 """
 
 from __future__ import annotations
@@ -18,12 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -58,7 +55,6 @@ class ServerProcess:
     log_path: Path
     proc: subprocess.Popen
     started_in_s: float
-    scratch_dir: Path
 
     @property
     def sid(self) -> int:
@@ -84,21 +80,6 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _isolation_env(hp: Path) -> dict[str, str]:
-    return {
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_DEDUP_LOGS": "0",
-    }
 
 
 def http_json(url: str, timeout_s: float = 10.0) -> tuple[int, Any]:
@@ -132,10 +113,9 @@ def start_server(
     cmd += ["--data-dir", str(data_dir), "--ingress-mode", ingress_mode]
     if shards:
         cmd += ["--shards", str(shards)]
-    scratch = Path(tempfile.mkdtemp(prefix="rtim-bench-"))
-    env = {**os.environ, **_isolation_env(scratch)}
     if fsync:
-        env["RTIM_FSYNC"] = fsync  # rtim serve has no --fsync; settings read RTIM_<FIELD>
+        cmd += ["--fsync", fsync]
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     started = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -157,7 +137,6 @@ def start_server(
         log_path,
         proc,
         0.0,
-        scratch,
     )
     try:
         _wait_ready(server, started + ready_timeout_s)
@@ -205,7 +184,6 @@ def stop_server(server: ServerProcess, timeout_s: float = 60.0) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        shutil.rmtree(server.scratch_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

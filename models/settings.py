@@ -8,7 +8,6 @@ once, here, with a message naming the setting.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,7 +54,6 @@ class Settings:
     coalesce_max_batch: int = 64  # decide requests per shard call
     coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         positive = (
@@ -78,9 +76,6 @@ class Settings:
             raise SettingsError("setting ingress_mode must be 'haproxy' or 'proxy'")
         if not 0 < self.port < 65536:
             raise SettingsError("setting port must be 1..65535")
-
-    def with_shards(self, n: int) -> Settings:
-        return dataclasses.replace(self, shards=n)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,7 +128,7 @@ def load_settings(
             values[key] = _coerce(key, raw, known[key])
     for key, default in known.items():
         env = os.environ.get(f"RTIM_{key.upper()}")
-        if env is not None and key != "extra":
+        if env is not None:
             values[key] = _coerce(key, env, default)
     for key, raw in (overrides or {}).items():
         if raw is None:

@@ -12,7 +12,6 @@ import time
 import uuid
 from typing import Any
 
-import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from ray import serve
@@ -26,10 +25,8 @@ from models.catalog import Catalog, load_catalog
 from models.decision import DecideRequest, parse_decide_batch, parse_decide_request
 from models.errors import (
     CatalogError,
-    MalformedBody,
     ModelError,
     NotFound,
-    PayloadTooLarge,
     RtimError,
     Unavailable,
     ValidationError,
@@ -107,10 +104,6 @@ def _customer_id(value: str) -> str:
     return value
 
 
-def _customer_of(req: DecideRequest) -> str:
-    return req.customer_id
-
-
 def _tagged_customer(item: tuple[int, DecideRequest]) -> str:
     return item[1].customer_id
 
@@ -125,20 +118,6 @@ _ERRORS = {"invalid_model": ModelError, "invalid_catalog": CatalogError}
 def _shard_error(err: dict, shard: int | None) -> RtimError:
     cls = _ERRORS.get(err.get("code", ""), ValidationError)
     return cls(err.get("message", "decision failed"), err.get("field"), err.get("code"))
-
-
-async def read_catalog_body(request: Request, limit: int) -> Any:
-    """A catalogue as JSON/msgpack, or as YAML text (``application/yaml``)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-        raw = await request.body()
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", "body")
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise MalformedBody(f"body is not valid YAML: {exc}", "body") from None
-    return await read_body(request, limit)
 
 
 # Module-level helpers must be defined above the deployment: Serve serialises
@@ -204,12 +183,17 @@ class Ingress:
             for i, p in enumerate(pings)
             if p and (p["degraded"] or p.get("model_error"))
         }
-        ok = not down and not degraded
+        id_pings = await self.identity.ping_all()
+        id_down = [i for i, p in enumerate(id_pings) if p is None]
+        id_degraded = {i: p["degraded"] for i, p in enumerate(id_pings) if p and p["degraded"]}
+        ok = not (down or degraded or id_down or id_degraded)
         body = {
             "status": "ready" if ok else "unavailable",
             "shards": len(pings),
             "down": down,
             "degraded": degraded,
+            "identity_down": id_down,
+            "identity_degraded": id_degraded,
             "epoch": region.map.epoch if region.map else None,
         }
         return encode(body, wants_msgpack(request), 200 if ok else 503)
@@ -493,7 +477,10 @@ class Ingress:
         },
     )
     async def put_catalog(self, request: Request) -> Response:
-        data = await read_catalog_body(request, self.settings.max_body_bytes)
+        data = await read_body(request, self.settings.max_body_bytes, yaml_ok=True)
+        if not isinstance(data, dict):
+            # Never a path or text for load_catalog to open on the server.
+            raise CatalogError("a catalogue must be a mapping (JSON object or YAML)", None)
         catalog = load_catalog(data)  # CatalogError → 422 naming offer, rule and field
         region = await self._region()
         result = await region.coordinator.set_catalog.remote(catalog.to_dict())

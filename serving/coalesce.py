@@ -45,6 +45,7 @@ class DecideCoalescer:
         self.max_queue = max_queue
         self._queues: dict[int, list[_Pending]] = defaultdict(list)
         self._calls: dict[int, int] = defaultdict(int)
+        self._tasks: set[asyncio.Task] = set()
         self.batches = 0
         self.requests = 0
 
@@ -67,7 +68,10 @@ class DecideCoalescer:
             self._calls[shard] += 1
             self.batches += 1
             self.requests += len(batch)
-            asyncio.get_running_loop().create_task(self._send(shard, batch))
+            # Hold a reference: the event loop keeps only weak ones to tasks.
+            task = asyncio.get_running_loop().create_task(self._send(shard, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, shard: int, batch: list[_Pending]) -> None:
         try:
@@ -93,11 +97,7 @@ class DecideCoalescer:
                 return
             for p, decision in zip(live, result["decisions"]):
                 _settle(p.future, decision)
-        except Unavailable as exc:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-        except Exception as exc:
+        except Exception as exc:  # Unavailable, or anything unexpected: fail the batch
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)

@@ -1,8 +1,9 @@
 """Request and response bodies: JSON or msgpack, with a size limit.
 
-JSON is the default. A client sends ``Content-Type: application/msgpack`` to
-post msgpack and ``Accept: application/msgpack`` to get msgpack back; a
-msgpack request without an ``Accept`` header is answered in msgpack too.
+JSON is the default (the catalogue route also takes YAML). A client sends
+``Content-Type: application/msgpack`` to post msgpack and ``Accept:
+application/msgpack`` to get msgpack back; a msgpack request without an
+``Accept`` header is answered in msgpack too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from typing import Any
 
 import msgpack
+import yaml
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +21,7 @@ from models.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
 
 def _media_type(header: str | None) -> str:
@@ -33,12 +36,14 @@ def wants_msgpack(request: Request) -> bool:
     return sent in _MSGPACK_TYPES and accept in ("", "*/*")
 
 
-async def read_body(request: Request, limit: int) -> Any:
-    """Decode the body as JSON or msgpack; enforce ``limit`` bytes."""
+async def read_body(request: Request, limit: int, yaml_ok: bool = False) -> Any:
+    """Decode the body as JSON or msgpack (or YAML, if ``yaml_ok``); enforce ``limit`` bytes."""
     ctype = _media_type(request.headers.get("content-type"))
-    if ctype not in ("", JSON, *_MSGPACK_TYPES) and not ctype.endswith("+json"):
+    is_yaml = yaml_ok and ctype in _YAML_TYPES
+    if ctype not in ("", JSON, *_MSGPACK_TYPES) and not ctype.endswith("+json") and not is_yaml:
+        also = ", application/yaml" if yaml_ok else ""
         raise UnsupportedMediaType(
-            f"unsupported content type {ctype!r}; send application/json or application/msgpack",
+            f"unsupported content type {ctype!r}; send application/json, application/msgpack{also}",
             "content-type",
         )
     declared = request.headers.get("content-length")
@@ -54,6 +59,11 @@ async def read_body(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw:
         raise MalformedBody("request body is empty", "body")
+    if is_yaml:
+        try:
+            return yaml.safe_load(raw)
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise MalformedBody(f"body is not valid YAML: {exc}", "body") from None
     if ctype in _MSGPACK_TYPES:
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=False)

@@ -43,6 +43,7 @@ class IdentityResolver:
         self.region = region
         self.config = config
         self.cache: OrderedDict[str, str] = OrderedDict()
+        self.redirects: OrderedDict[str, str] = OrderedDict()  # merged-away id -> survivor
         self._handles: list[Any] = []
         self.lookups = 0
         self.hits = 0
@@ -70,12 +71,27 @@ class IdentityResolver:
     def forget_profile(self, profile_id: str) -> None:
         for k in [k for k, p in self.cache.items() if p == profile_id]:
             del self.cache[k]
+        for old in [o for o, n in self.redirects.items() if profile_id in (o, n)]:
+            del self.redirects[old]
 
     def moved(self, old: str, new: str) -> None:
-        """A shard said ``old`` was merged into ``new``: fix our cache."""
-        for k, p in self.cache.items():
-            if p == old:
-                self.cache[k] = new
+        """A shard said ``old`` was merged into ``new``: follow it from now on.
+
+        A redirect, not a cache rewrite: this runs per forwarded event, and
+        the cache may hold ~100k entries.
+        """
+        self.redirects[old] = new
+        self.redirects.move_to_end(old)
+        while len(self.redirects) > CACHE_SIZE:
+            self.redirects.popitem(last=False)
+
+    def _cached(self, key: str) -> str | None:
+        pid = self.cache.get(key)
+        for _ in range(MAX_PLANS):  # a short chain of merges at most
+            if pid not in self.redirects:
+                break
+            pid = self.redirects[pid]
+        return pid
 
     async def _call(self, shard: int, method: str, *args: Any) -> Any:
         result = await getattr(self._shards()[shard], method).remote(*args)
@@ -110,7 +126,7 @@ class IdentityResolver:
         """
         keys = [identifier_key(t, v) for t, v in identifiers.items()]
         self.lookups += 1
-        cached = {self.cache.get(k) for k in keys}
+        cached = {self._cached(k) for k in keys}
         if len(cached) == 1 and None not in cached:
             self.hits += 1
             return next(iter(cached)), {}
@@ -160,6 +176,17 @@ class IdentityResolver:
                 report["dropped_identifiers"] = list(plan.dropped)
             return survivor, report
         raise Unavailable("identifiers keep changing under concurrent links; retry", 1.0)
+
+    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
+        """Every identity shard's ping (None for one that does not answer)."""
+
+        async def one(h: Any) -> dict | None:
+            try:
+                return await asyncio.wait_for(h.ping.remote(), timeout_s)
+            except Exception:
+                return None
+
+        return list(await asyncio.gather(*(one(h) for h in self._shards())))
 
     async def lookup(self, identifiers: Mapping[str, str]) -> str | None:
         """The profile these identifiers name, without linking or creating anything."""

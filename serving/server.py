@@ -68,6 +68,12 @@ def _haproxy_isolation() -> dict[str, str]:
     }
 
 
+def _our_scratch(env: dict[str, str]) -> str | None:
+    """The private HAProxy directory we created (not one the operator chose)."""
+    base = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    return base if base and Path(base).name.startswith("rtim-hp-") else None
+
+
 def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
     """Environment for Ray's processes; values the operator set win."""
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if settings.ingress_mode == "haproxy" else "0"}
@@ -99,11 +105,12 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     """Start (or join) Ray, create the shards and deploy the HTTP app."""
     started = time.monotonic()
     owns_ray = False
+    scratch = None
     if not address:
         check_port_free(settings.host, settings.port)
     if not ray.is_initialized():
         env = _ray_env(settings, embedded=not address)
-        os.environ.update(env)  # an embedded Ray's processes inherit this
+        scratch = _our_scratch(env)
         kwargs: dict = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": True}
         if address:
             kwargs["address"] = address
@@ -111,7 +118,19 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
         else:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
             owns_ray = True
-        ray.init(**kwargs)
+        # An embedded Ray's processes inherit the environment at start-up; put
+        # ours back afterwards so programs this process starts later (another
+        # server, a benchmark) do not inherit our private HAProxy ports.
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            ray.init(**kwargs)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     serve.start(
         http_options={"host": settings.host, "port": settings.port},
     )
@@ -125,9 +144,7 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     )
     url = f"http://{settings.host}:{settings.port}"
     log.info("server up in %.1fs with %d shards", time.monotonic() - started, len(pings))
-    scratch = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
-    mine = scratch if scratch and Path(scratch).name.startswith("rtim-hp-") else None
-    return Runtime(settings, url, len(pings), owns_ray, mine)
+    return Runtime(settings, url, len(pings), owns_ray, scratch)
 
 
 def stop(runtime: Runtime) -> None:

@@ -280,3 +280,20 @@ async def test_bad_batch_requests(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["field"].startswith("requests[0]")
     r = await client.post("/v1/decide/batch", json={"customer_ids": ["a"] * 1001, "channel": "web"})
     assert r.status_code == 413
+
+
+async def test_catalogue_body_must_be_a_mapping_never_a_server_path(client) -> None:
+    before = (await client.get("/v1/catalog")).json()["version"]
+    for body in ("models/demo/catalog.yaml", "/etc/passwd", [1, 2]):
+        r = await client.put("/v1/admin/catalog", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_catalog"
+    r = await client.put(
+        "/v1/admin/catalog", content=b"version: x", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415
+    r = await client.put(
+        "/v1/admin/catalog", content=b"a: [", headers={"content-type": "application/yaml"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+    assert (await client.get("/v1/catalog")).json()["version"] == before

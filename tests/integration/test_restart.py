@@ -17,13 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(port: int, data: Path, log: Path) -> subprocess.Popen:
-    # Not the session server's private HAProxy ports and files: this is another server.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RAY_SERVE_HAPROXY", "RAY_SERVE_FALLBACK"))
-    }
-    env.update({"RTIM_SHARDS": "2", "RTIM_DATA_DIR": str(data), "RTIM_PARTITIONS": "32"})
+    env = {**os.environ, "RTIM_SHARDS": "2", "RTIM_DATA_DIR": str(data), "RTIM_PARTITIONS": "32"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
         cwd=ROOT,
