@@ -31,6 +31,7 @@ from actors.identity import identity_name
 from actors.shard import NAMESPACE
 from models.errors import Unavailable
 from models.identity import IdentityConfig, IdentityRecord, identifier_key, plan_link
+from serving.region import ping_each
 
 CACHE_SIZE = 100_000
 MAX_PLANS = 4
@@ -179,14 +180,7 @@ class IdentityResolver:
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         """Every identity shard's ping (None for one that does not answer)."""
-
-        async def one(h: Any) -> dict | None:
-            try:
-                return await asyncio.wait_for(h.ping.remote(), timeout_s)
-            except Exception:
-                return None
-
-        return list(await asyncio.gather(*(one(h) for h in self._shards())))
+        return await ping_each(self._shards(), timeout_s)
 
     async def lookup(self, identifiers: Mapping[str, str]) -> str | None:
         """The profile these identifiers name, without linking or creating anything."""

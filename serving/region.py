@@ -216,13 +216,7 @@ class ShardRegion:
         return result
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
-        async def one(h: Any) -> dict | None:
-            try:
-                return await asyncio.wait_for(h.ping.remote(), timeout_s)
-            except Exception:
-                return None
-
-        return list(await asyncio.gather(*(one(h) for h in self.shards)))
+        return await ping_each(self.shards, timeout_s)
 
     async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
         return list(
@@ -233,6 +227,18 @@ class ShardRegion:
                 )
             )
         )
+
+
+async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | None]:
+    """Every actor's ``ping()`` answer, None for one that does not answer in time."""
+
+    async def one(h: Any) -> dict | None:
+        try:
+            return await asyncio.wait_for(h.ping.remote(), timeout_s)
+        except Exception:
+            return None
+
+    return list(await asyncio.gather(*(one(h) for h in handles)))
 
 
 def _pack(events: list[Event]) -> bytes:
