@@ -38,7 +38,7 @@ format: $(STAMP)
 
 # Rebuild the bundled demo propensity model (deterministic; about a minute).
 model: $(STAMP)
-	$(PY) -m models.train --simulate 10000 --seed 7 --out models/demo/registry --version v1
+	$(PY) -m models.learning.train --simulate 10000 --seed 7 --out models/demo/registry --version v1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -19,8 +19,11 @@ from typing import Any
 import ray
 
 from actors.identity import IdentityShard, identity_name
+from actors.replies import Failed, ShardUnavailable
 from actors.shard import NAMESPACE, ProfileShard, shard_name
-from models.catalog import load_catalog
+from models.decisioning.catalog import load_catalog
+from models.errors import RtimError
+from models.learning.registry import ModelRegistry
 from models.partitioning import PartitionMap
 from models.settings import Settings
 
@@ -94,8 +97,16 @@ class ShardCoordinatorImpl:
         )
 
     async def topology(self) -> dict[str, Any]:
-        """The partition map and the shard handles, index-aligned."""
-        return {"map": self.map.to_dict(), "shards": self.shards}
+        """The partition map and the profile and identity shard handles, index-aligned.
+
+        This is the one way to find shard actors: ingress replicas and shards
+        ask it and cache the answer.
+        """
+        return {
+            "map": self.map.to_dict(),
+            "shards": self.shards,
+            "identity_shards": self.identity_shards,
+        }
 
     async def wait_ready(self, timeout_s: float = 60.0) -> list[dict]:
         pings = await asyncio.wait_for(
@@ -111,7 +122,10 @@ class ShardCoordinatorImpl:
         return {"catalog_version": self.catalog.get("version"), "model_version": self.model_version}
 
     async def _broadcast(self, method: str, arg: Any) -> list[dict]:
-        return list(await asyncio.gather(*(getattr(s, method).remote(arg) for s in self.shards)))
+        """Every shard's answer; a refusal becomes ``{"shard": i, "error": message}``."""
+        results = await asyncio.gather(*(getattr(s, method).remote(arg) for s in self.shards))
+        return [r if isinstance(r, dict) else {"shard": i, "error": _reason(r)}
+                for i, r in enumerate(results)]  # fmt: skip
 
     async def set_catalog(self, data: dict) -> dict[str, Any]:
         """Persist and push a catalogue (already validated by the caller)."""
@@ -132,11 +146,16 @@ class ShardCoordinatorImpl:
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)
 
 
+def _reason(reply: Any) -> str:
+    if isinstance(reply, ShardUnavailable):
+        return reply.reason
+    if isinstance(reply, Failed):
+        return reply.message
+    return repr(reply)
+
+
 def newest_model(settings: Settings) -> str:
     """The registry's newest version, or "" (prior scorer) when there is none."""
-    from models.errors import RtimError
-    from models.registry import ModelRegistry
-
     try:
         return ModelRegistry(settings.model_registry).latest_version() or ""
     except RtimError:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.shard import ProfileShardImpl
-from models.events import Event
+from models.customer.events import Event
 from models.partitioning import PartitionMap
 from models.settings import load_settings
 
@@ -87,7 +87,7 @@ async def run(profiles: int, seconds: float, repeats: int, root: Path) -> dict[s
             d = root / f"ingest-{mode}-{r}"
             s = shard(d, mode)
             rates[mode].append(await ingest_rate(s, customers, seconds))
-            s.journal.close()
+            s.durable.journal.close()
             shutil.rmtree(d)
             print(f"  ingest fsync={mode:<6} repeat {r + 1}: {rates[mode][-1]:,.0f} events/s",
                   flush=True)  # fmt: skip
@@ -101,21 +101,21 @@ async def run(profiles: int, seconds: float, repeats: int, root: Path) -> dict[s
         await s.apply_events(batch(ids, i, 1000), 1)
         if i % (profiles // 2 or 1) < 1000:
             print(f"  {i // 3:,}/{profiles:,}", flush=True)
-    await s.journal.commit()
-    s.journal.close()
-    journal_bytes = s.journal.disk_bytes()
+    await s.durable.journal.commit()
+    s.durable.journal.close()
+    journal_bytes = s.durable.journal.disk_bytes()
     t0 = time.perf_counter()
     replayed = shard(d, "off")
     replay_s = time.perf_counter() - t0
-    assert len(replayed.store) == profiles
+    assert len(replayed.profiles.store) == profiles
     snap = await replayed.snapshot()
-    replayed.journal.close()
-    snapshot_bytes = replayed.journal.disk_bytes()
+    replayed.durable.journal.close()
+    snapshot_bytes = replayed.durable.journal.disk_bytes()
     t0 = time.perf_counter()
     from_snapshot = shard(d, "off")
     snapshot_s = time.perf_counter() - t0
-    assert len(from_snapshot.store) == profiles
-    from_snapshot.journal.close()
+    assert len(from_snapshot.profiles.store) == profiles
+    from_snapshot.durable.journal.close()
     return {
         "ingest_events_per_s": ingest,
         "journal_overhead": {

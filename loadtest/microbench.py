@@ -2,7 +2,7 @@
 
 In-process and single-threaded, it builds profiles from the same events the
 benchmark preloads, loads a catalogue and the bundled propensity model, and
-times :func:`models.decision.decide` call by call (median and p99 in µs):
+times :func:`models.decisioning.arbitration.decide` call by call (median and p99 in µs):
 
 * ``demo``: the demo catalogue, web / home_hero (what ``POST /v1/decide`` runs);
 * ``demo_shard_path``: the same plus what the shard does around it, unpacking
@@ -31,12 +31,13 @@ import time
 from typing import Any
 
 from loadtest.workload import EventFactory, customer_id, live_context
-from models.catalog import Catalog, load_catalog
-from models.decision import DecideRequest, decide, decide_many
-from models.events import parse_event
-from models.registry import ModelRegistry
+from models.customer.events import parse_event
+from models.customer.store import ProfileStore
+from models.decisioning.arbitration import decide, decide_many
+from models.decisioning.catalog import Catalog, load_catalog
+from models.decisioning.request import DecideRequest
+from models.learning.registry import ModelRegistry
 from models.settings import Settings
-from models.store import ProfileStore
 
 TARGET_US = 200.0  # the design target for one in-shard decision (median)
 
@@ -144,7 +145,7 @@ def run(iterations: int = 3000, batches: int = 30, batch_size: int = 100) -> dic
         p = store.get_or_new(req.customer_id)
         d = decide(p, req, demo, scorer, now)
         for o in d.offers:
-            p.record_contact(now, o["offer_id"], o["channel"], "impression")
+            p.record_contact(now, o.offer_id, o.channel, "impression")
         store.put(p)
 
     # Profiles grow by an impression per call here, as in the shard.
@@ -187,7 +188,7 @@ async def _shard_method(
             0, settings.to_dict(), {"epoch": 1, "owners": [0] * 8, "shards": 1}
         )
         for cid, blob in store.items():
-            shard.store.put_blob(cid, blob)
+            shard.profiles.store.put_blob(cid, blob)
         calls = requests[: min(len(requests), 1000)]
         for r in calls[:50]:
             await shard.decide([r], None, 1)
@@ -198,7 +199,7 @@ async def _shard_method(
             await shard.decide([r], None, 1)
             wall.append((time.perf_counter_ns() - t0) / 1000.0)
         cpu_us = (time.process_time() - cpu0) / len(calls) * 1e6
-        shard.journal.close()
+        shard.durable.close()
     return {**_stats(wall), "cpu_us_per_call": round(cpu_us, 1)}
 
 

@@ -69,6 +69,12 @@ class ModelError(RtimError):
     code = "invalid_model"
 
 
+class IdentityConflict(RtimError):
+    """Identifiers name different customers that must not merge automatically."""
+
+    code = "identity_conflict"
+
+
 class Unavailable(RtimError):
     """The server cannot take the work now (overload, shard down, disk)."""
 
@@ -77,3 +83,22 @@ class Unavailable(RtimError):
     def __init__(self, message: str, retry_after_s: float = 1.0, code: str | None = None) -> None:
         super().__init__(message, None, code)
         self.retry_after_s = retry_after_s
+
+
+_BY_CODE: dict[str, type[RtimError]] = {
+    "invalid_request": ValidationError,
+    "malformed_body": MalformedBody,
+    "not_found": NotFound,
+    "invalid_catalog": CatalogError,
+    "invalid_model": ModelError,
+    "identity_conflict": IdentityConflict,
+}
+
+
+def error_from_dict(err: dict) -> RtimError:
+    """Rebuild an error from its ``{"code", "message", "field"}`` form (e.g. a shard's reply)."""
+    code = str(err.get("code") or "invalid_request")
+    if code in ("unavailable", "storage_unavailable", "overloaded"):
+        return Unavailable(str(err.get("message", "unavailable")), 5.0, code=code)
+    cls = _BY_CODE.get(code, ValidationError)
+    return cls(str(err.get("message", "request failed")), err.get("field"), code)

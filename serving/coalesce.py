@@ -6,19 +6,26 @@ flight wait for it to return and then go together in the next call (at most
 Under light load a request is sent at once, so it never waits on a timer;
 under heavy load batches grow by themselves and the shard scores a whole
 batch with one model run. This is group commit applied to decisions.
+
+A request whose shard answers ``StaleEpoch`` is routed again after the map
+is refreshed; one whose profile was merged away (``Moved``) is sent on to the
+surviving profile. Both are bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import defaultdict
 from typing import Any
 
-from models.decision import DecideRequest
+from actors.replies import Expired, Moved, StaleEpoch
+from models.decisioning.record import DecisionRecord
+from models.decisioning.request import DecideRequest
 from models.errors import Unavailable
 
-MAX_ROUTES = 3
+MAX_ROUTES = 4  # re-routes (stale maps, merges) per request
 
 
 class _Pending:
@@ -28,7 +35,7 @@ class _Pending:
         self.request = request
         self.deadline = deadline
         self.future = future
-        self.routes = 0  # how often it was routed; bounded when maps keep changing
+        self.routes = 0
 
 
 class DecideCoalescer:
@@ -37,8 +44,8 @@ class DecideCoalescer:
     def __init__(
         self, region: Any, max_batch: int = 64, max_calls: int = 2, max_queue: int = 1024
     ) -> None:
-        if max_batch < 1 or max_calls < 1:
-            raise ValueError("max_batch and max_calls must be >= 1")
+        if max_batch < 1 or max_calls < 1 or max_queue < 1:
+            raise ValueError("max_batch, max_calls and max_queue must be >= 1")
         self.region = region
         self.max_batch = max_batch
         self.max_calls = max_calls
@@ -49,16 +56,19 @@ class DecideCoalescer:
         self.batches = 0
         self.requests = 0
 
-    async def decide(self, request: DecideRequest, deadline: float) -> dict[str, Any]:
-        """One decision (``{"expired": True}`` if the shard saw it too late)."""
+    async def decide(self, request: DecideRequest, deadline: float) -> DecisionRecord | Expired:
+        """One decision, or ``Expired`` if the shard saw it after ``deadline`` (epoch s)."""
         loop = asyncio.get_running_loop()
         pending = _Pending(request, deadline, loop.create_future())
-        shard = self.region.shard_of(request.customer_id)
-        if len(self._queues[shard]) >= self.max_queue:
-            raise Unavailable(f"shard {shard} is overloaded; retry", 1.0, code="overloaded")
-        self._queues[shard].append(pending)
-        self._pump(shard)
+        self._enqueue(pending, check_room=True)
         return await pending.future
+
+    def _enqueue(self, p: _Pending, check_room: bool = False) -> None:
+        shard = self.region.shard_of(p.request.customer_id)
+        if check_room and len(self._queues[shard]) >= self.max_queue:
+            raise Unavailable(f"shard {shard} is overloaded; retry", 1.0, code="overloaded")
+        self._queues[shard].append(p)
+        self._pump(shard)
 
     def _pump(self, shard: int) -> None:
         queue = self._queues[shard]
@@ -75,29 +85,27 @@ class DecideCoalescer:
 
     async def _send(self, shard: int, batch: list[_Pending]) -> None:
         try:
-            now = time.time()
             live = [p for p in batch if not p.future.done()]
             if not live:
                 return
-            result = await self.region.decide_on(
+            epoch, answer = await self.region.decide_on(
                 shard,
                 [p.request for p in live],
                 [p.deadline for p in live],
-                max(p.deadline for p in live) - now,
+                max(p.deadline for p in live) - time.time(),
             )
-            if "stale" in result:
-                # Our map is old: refresh, then route each request again.
-                await self.region.refresh(result["stale_seen"])
+            if isinstance(answer, StaleEpoch):
+                await self.region.refresh(epoch)
                 for p in live:
-                    self._requeue(p)
+                    self._reroute(p, p.request)
                 return
-            if "error" in result:
-                for p in live:
-                    _settle(p.future, result)
-                return
-            for p, decision in zip(live, result["decisions"]):
-                _settle(p.future, decision)
-        except Exception as exc:  # Unavailable, or anything unexpected: fail the batch
+            for p, outcome in zip(live, answer):
+                if isinstance(outcome, Moved):
+                    self.region.note_moved(p.request.customer_id, outcome.to)
+                    self._reroute(p, dataclasses.replace(p.request, customer_id=outcome.to))
+                elif not p.future.done():
+                    p.future.set_result(outcome)
+        except Exception as exc:  # Unavailable, Failed's error, or anything unexpected
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)
@@ -105,16 +113,13 @@ class DecideCoalescer:
             self._calls[shard] -= 1
             self._pump(shard)
 
-    def _requeue(self, p: _Pending) -> None:
+    def _reroute(self, p: _Pending, request: DecideRequest) -> None:
         p.routes += 1
         if p.routes > MAX_ROUTES:
-            p.future.set_exception(Unavailable("partition map keeps changing; retry"))
+            if not p.future.done():
+                p.future.set_exception(
+                    Unavailable("partition map or profile keeps changing; retry", 1.0)
+                )
             return
-        shard = self.region.shard_of(p.request.customer_id)
-        self._queues[shard].append(p)
-        self._pump(shard)
-
-
-def _settle(future: asyncio.Future, value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
+        p.request = request
+        self._enqueue(p)

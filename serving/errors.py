@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from models.errors import (
     CatalogError,
+    IdentityConflict,
     MalformedBody,
     ModelError,
     NotFound,
@@ -23,7 +24,6 @@ from models.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from models.identity import IdentityConflict
 from serving.codec import encode, wants_msgpack
 
 log = logging.getLogger("rtim.http")

@@ -1,7 +1,7 @@
 """``IdentityResolver``: the ingress side of customer recognition.
 
 Turns a request's typed identifiers into one profile id, linking and merging
-profiles when the identifiers span several (see ``models/identity.py`` for
+profiles when the identifiers span several (see ``models/identity/`` for
 the rules). Lookups are cached per replica: a request whose identifiers are
 all cached on one profile costs no extra hop.
 
@@ -25,13 +25,11 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import ray
-
-from actors.identity import identity_name
-from actors.shard import NAMESPACE
 from models.errors import Unavailable
-from models.identity import IdentityConfig, IdentityRecord, identifier_key, plan_link
-from serving.region import ping_each
+from models.identity.config import IdentityConfig, identifier_key
+from models.identity.plan import plan_link
+from models.identity.table import IdentityRecord
+from serving.region import decode, ping_each
 
 CACHE_SIZE = 100_000
 MAX_PLANS = 4
@@ -45,16 +43,12 @@ class IdentityResolver:
         self.config = config
         self.cache: OrderedDict[str, str] = OrderedDict()
         self.redirects: OrderedDict[str, str] = OrderedDict()  # merged-away id -> survivor
-        self._handles: list[Any] = []
         self.lookups = 0
         self.hits = 0
         self.merges = 0
 
     def _shards(self) -> list[Any]:
-        if not self._handles:
-            n = len(self.region.shards)
-            self._handles = [ray.get_actor(identity_name(i), namespace=NAMESPACE) for i in range(n)]
-        return self._handles
+        return self.region.identity_shards
 
     def _shard_of_key(self, key: str) -> int:
         return self.region.shard_of(key) % len(self._shards())
@@ -96,10 +90,7 @@ class IdentityResolver:
 
     async def _call(self, shard: int, method: str, *args: Any) -> Any:
         result = await getattr(self._shards()[shard], method).remote(*args)
-        if isinstance(result, dict) and "unavailable" in result:
-            raise Unavailable(f"identity shard {shard}: {result['unavailable']}", 5.0,
-                              code="storage_unavailable")  # fmt: skip
-        return result
+        return decode(result, f"identity shard {shard}")
 
     async def _by_shard(self, method: str, keys: list[str], *extra: Any) -> list[Any]:
         groups: dict[int, list[str]] = defaultdict(list)
@@ -157,11 +148,13 @@ class IdentityResolver:
             claims = [*plan.claims, *(k for k in implicit if resolved[k] == survivor)]
             if claims:
                 results = await self._by_shard("claim", claims, survivor, time.time())
-                lost = any(o != survivor for r in results for o in r["owners"].values())
+                lost = any(o != survivor for r in results for o in r.values())
                 if lost:
                     continue  # a concurrent request claimed first: plan again
             for absorbed in plan.absorbed:
-                await self.region.move_profile(absorbed, survivor)
+                handed = await self.region.call_for(absorbed, "move_out", survivor, follow=False)
+                if not handed.delivered:
+                    raise Unavailable("profile merge is pending; retry", 1.0, code="merge_pending")
                 await self._all("repoint_profile", absorbed, survivor)
                 self.moved(absorbed, survivor)
                 self.merges += 1
@@ -203,4 +196,4 @@ class IdentityResolver:
     async def erase(self, profile_id: str) -> list[str]:
         """Forget every identifier of an erased profile; return their keys."""
         self.forget_profile(profile_id)
-        return [k for r in await self._all("forget", profile_id) for k in r["forgotten"]]
+        return [k for keys in await self._all("forget", profile_id) for k in keys]

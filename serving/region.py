@@ -1,36 +1,56 @@
 """``ShardRegion``: the ingress side of sharding (Akka's term).
 
-It caches the partition map and the shard actor handles, routes each call
-to the shard that owns the customer, and refreshes its cache from the
-coordinator when a shard reports a newer epoch. Calls that fail because a
-shard actor died are retried with backoff while the shard restarts, within
-the call's deadline; events are idempotent by ``event_id`` so a retried
-batch is never double counted.
+It caches the topology (partition map, profile and identity shard handles)
+from the coordinator, routes each call to the shard that owns the customer,
+and decodes the shards' typed replies (:mod:`actors.replies`) in one place:
+
+- ``StaleEpoch``: refresh the topology and route again (bounded);
+- ``ShardUnavailable`` / ``Failed``: raise the matching project error;
+- ``Moved``: follow the merge to the surviving profile, telling ``on_moved``;
+- a dead or restarting actor: retry with backoff within the call's deadline
+  (events are idempotent by ``event_id``, so a retried batch is never double
+  counted), then ``Unavailable``.
+
+Per-customer outcomes that only the caller can handle (``Expired`` decides,
+``Erased`` profiles) are returned as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-import msgpack
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.coordinator import get_or_create_coordinator
+from actors.profiles import pack_events
+from actors.replies import Failed, Moved, ShardUnavailable, StaleEpoch
+from models.customer.events import Event
 from models.errors import Unavailable
-from models.events import Event
 from models.partitioning import PartitionMap
 from models.settings import Settings
 
 log = logging.getLogger("rtim.region")
 
 _RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
-_MAX_STALE_RETRIES = 3
-_MAX_MOVES = 4
+MAX_REROUTES = 3  # stale-map refreshes per call
+MAX_MOVES = 4  # merges followed per call
+
+T = TypeVar("T")
+
+
+def decode(reply: Any, shard: str) -> Any:
+    """Raise for a refused call; return anything else (``StaleEpoch`` included)."""
+    if isinstance(reply, ShardUnavailable):
+        raise Unavailable(f"{shard}: {reply.reason}", 5.0, code=reply.code)
+    if isinstance(reply, Failed):
+        raise reply.error()
+    return reply
 
 
 class ShardRegion:
@@ -40,16 +60,19 @@ class ShardRegion:
         self.settings = settings
         self.map: PartitionMap | None = None
         self.shards: list[Any] = []
+        self.identity_shards: list[Any] = []
         self.coordinator: Any = None
         self._refresh_lock = asyncio.Lock()
         self.inflight: dict[int, int] = defaultdict(int)
+        self.on_moved: Callable[[str, str], None] | None = None
+        self.reroutes = 0
 
     async def start(self) -> None:
         self.coordinator = get_or_create_coordinator(self.settings)
         await self.refresh(0)
 
     async def refresh(self, seen_epoch: int) -> None:
-        """Fetch the topology unless someone already did for ``seen_epoch``."""
+        """Fetch the topology unless someone already did since ``seen_epoch``."""
         async with self._refresh_lock:
             if self.map is not None and self.map.epoch > seen_epoch:
                 return
@@ -57,14 +80,27 @@ class ShardRegion:
             m = topo["map"]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
             self.shards = topo["shards"]
+            self.identity_shards = topo["identity_shards"]
             log.info("partition map epoch %s, %s shards", self.map.epoch, len(self.shards))
+
+    @property
+    def epoch(self) -> int:
+        assert self.map is not None
+        return self.map.epoch
 
     def shard_of(self, customer_id: str) -> int:
         assert self.map is not None
         return self.map.shard_of(customer_id)
 
-    async def _invoke(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
-        """One shard call (map epoch appended), retried while the actor restarts.
+    def note_moved(self, old: str, new: str) -> None:
+        """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
+        if self.on_moved is not None:
+            self.on_moved(old, new)
+
+    # -- one call -----------------------------------------------------------------------
+
+    async def invoke(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
+        """One shard call with our epoch appended; refusals decoded, actor deaths retried.
 
         At most ``max_inflight_per_shard`` calls per shard are in flight from
         this replica; beyond that the caller gets a 503 at once instead of
@@ -74,18 +110,17 @@ class ShardRegion:
             raise Unavailable(f"shard {shard} is overloaded; retry", 1.0, code="overloaded")
         self.inflight[shard] += 1
         try:
-            return await self._invoke_once(shard, method, args, deadline)
+            return decode(await self._invoke_once(shard, method, args, deadline), f"shard {shard}")
         finally:
             self.inflight[shard] -= 1
 
     async def _invoke_once(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
         delay = 0.05
         while True:
-            assert self.map is not None
             try:
-                ref = getattr(self.shards[shard], method).remote(*args, self.map.epoch)
+                ref = getattr(self.shards[shard], method).remote(*args, self.epoch)
                 remaining = max(deadline - time.monotonic(), 0.001)
-                result = await asyncio.wait_for(ref, timeout=remaining)
+                return await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
@@ -96,39 +131,43 @@ class ShardRegion:
                 log.warning("shard %s call %s failed (%s); retrying", shard, method, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-                continue
-            if isinstance(result, dict) and "unavailable" in result:
-                raise Unavailable(
-                    f"shard {shard}: {result['unavailable']}", 5.0, code="storage_unavailable"
-                )
-            return result
 
-    async def call_for(self, customer_id: str, method: str, *args: Any) -> Any:
-        """Call ``method(customer_id, *args, epoch)`` on the customer's shard.
+    async def call_for(self, customer_id: str, method: str, *args: Any, follow: bool = True) -> Any:
+        """``method(customer_id, *args, epoch)`` on the customer's shard.
 
-        A ``{"stale": e}`` answer means our map is old: refresh and re-route.
+        Stale maps are refreshed and the call re-routed; with ``follow`` a
+        ``Moved`` answer is followed to the surviving profile.
         """
         deadline = time.monotonic() + self.settings.shard_call_timeout_s
-        for _ in range(_MAX_STALE_RETRIES + 1):
-            assert self.map is not None
-            epoch = self.map.epoch
-            result = await self._invoke(
-                self.shard_of(customer_id), method, (customer_id, *args), deadline
-            )
-            if not (isinstance(result, dict) and "stale" in result):
+        reroutes = moves = 0
+        while True:
+            epoch = self.epoch
+            shard = self.shard_of(customer_id)
+            result = await self.invoke(shard, method, (customer_id, *args), deadline)
+            if isinstance(result, StaleEpoch):
+                reroutes += 1
+                if reroutes > MAX_REROUTES:
+                    raise Unavailable("partition map keeps changing; retry", code="rebalancing")
+                self.reroutes += 1
+                await self.refresh(epoch)
+            elif follow and isinstance(result, Moved):
+                moves += 1
+                if moves > MAX_MOVES:
+                    raise Unavailable("profile keeps moving (merges); retry", code="rebalancing")
+                self.note_moved(customer_id, result.to)
+                customer_id = result.to
+            else:
                 return result
-            await self.refresh(epoch)
-        raise Unavailable("partition map keeps changing; retry", code="rebalancing")
 
     async def scatter(
         self,
         method: str,
-        items: Sequence[Any],
-        key: Callable[[Any], str],
+        items: Sequence[T],
+        key: Callable[[T], str],
         *extra: Any,
         timeout_s: float | None = None,
-        send: Callable[[list[Any]], Any] | None = None,
-    ) -> list[tuple[list[Any], Any]]:
+        send: Callable[[list[T]], Any] | None = None,
+    ) -> list[tuple[list[T], Any]]:
         """Send ``items`` to their owning shards, one call per shard, in parallel.
 
         Each shard gets ``method(its_items, *extra, epoch)``. Groups a shard
@@ -137,96 +176,98 @@ class ShardRegion:
         (default: the group itself). Returns ``(items, result)`` per call.
         """
         deadline = time.monotonic() + (timeout_s or self.settings.shard_call_timeout_s)
-        done: list[tuple[list[Any], Any]] = []
+        done: list[tuple[list[T], Any]] = []
         pending = list(items)
-        for _ in range(_MAX_STALE_RETRIES + 1):
+        for _ in range(MAX_REROUTES + 1):
             assert self.map is not None
             epoch = self.map.epoch
-            groups: dict[int, list[Any]] = defaultdict(list)
+            groups: dict[int, list[T]] = defaultdict(list)
             shard_of = self.map.shard_of
             for item in pending:
                 groups[shard_of(key(item))].append(item)
             results = await asyncio.gather(
                 *(
-                    self._invoke(sh, method, (send(grp) if send else grp, *extra), deadline)
+                    self.invoke(sh, method, (send(grp) if send else grp, *extra), deadline)
                     for sh, grp in groups.items()
                 )
             )
             pending = []
             for grp, result in zip(groups.values(), results):
-                if isinstance(result, dict) and "stale" in result:
+                if isinstance(result, StaleEpoch):
                     pending.extend(grp)
                 else:
                     done.append((grp, result))
             if not pending:
                 return done
+            self.reroutes += 1
             await self.refresh(epoch)
         raise Unavailable("partition map keeps changing; retry", code="rebalancing")
 
-    async def decide_on(
-        self,
-        shard: int,
-        requests: list[Any],
-        deadlines: list[float] | None,
-        timeout_s: float,
-    ) -> dict[str, Any]:
-        """One decide call for requests all owned by ``shard`` (by our map).
+    # -- what routes use ------------------------------------------------------------------
 
-        A stale answer comes back as ``{"stale": e, "stale_seen": our_epoch}``
-        for the caller to refresh and re-route.
-        """
-        assert self.map is not None
-        epoch = self.map.epoch
-        deadline = time.monotonic() + max(timeout_s, 0.001)
-        result = await self._invoke(shard, "decide", (requests, deadlines), deadline)
-        if "stale" in result:
-            return {**result, "stale_seen": epoch}
-        return result
-
-    async def apply_events(
-        self, events: Sequence[Event], on_moved: Callable[[str, str], None] | None = None
-    ) -> tuple[int, int]:
+    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
         """Apply a validated batch: one call per owning shard, all in parallel.
 
         Events for a profile that was merged away are sent on to the profile
-        it went to (``on_moved`` hears about each such move).
+        it went to.
         """
         applied = dups = 0
         pending = list(events)
-        for _ in range(_MAX_MOVES):
-            results = await self.scatter("apply_events", pending, _customer_of, send=_pack)
+        for _ in range(MAX_MOVES):
+            results = await self.scatter("apply_events", pending, _customer_of, send=pack_events)
             pending = []
             for group, r in results:
                 applied += r["applied"]
                 dups += r["duplicates"]
-                for i, target in r.get("moved", ()):
+                for i, target in r["moved"]:
                     ev = group[i]
-                    if on_moved is not None:
-                        on_moved(ev.customer_id, target)
+                    self.note_moved(ev.customer_id, target)
                     pending.append(ev._replace(customer_id=target))
             if not pending:
                 return applied, dups
         raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
 
-    async def move_profile(self, absorbed: str, survivor: str) -> dict[str, Any]:
-        """Merge ``absorbed`` into ``survivor``; its shard leaves a tombstone."""
-        result = await self.call_for(absorbed, "move_out", survivor)
-        if not result.get("pushed"):
-            raise Unavailable("profile merge is pending; retry", 1.0, code="merge_pending")
-        return result
+    async def decide_on(
+        self, shard: int, requests: list[Any], deadlines: list[float] | None, timeout_s: float
+    ) -> tuple[int, Any]:
+        """One decide call for requests all owned by ``shard`` (by our map).
+
+        Returns ``(epoch routed with, answer)``; the answer is a list of
+        per-request outcomes or ``StaleEpoch`` for the caller to re-route.
+        """
+        epoch = self.epoch
+        deadline = time.monotonic() + max(timeout_s, 0.001)
+        return epoch, await self.invoke(shard, "decide", (requests, deadlines), deadline)
+
+    async def decide_batch(self, requests: Sequence[Any]) -> list[Any]:
+        """Decisions for many requests in request order, following merges."""
+        out: list[Any] = [None] * len(requests)
+        pending = list(enumerate(requests))
+        for _ in range(MAX_MOVES + 1):
+            results = await self.scatter("decide", pending, _tagged_customer, None, send=_untag)
+            pending = []
+            for group, answers in results:
+                for (i, req), answer in zip(group, answers):
+                    if isinstance(answer, Moved):
+                        self.note_moved(req.customer_id, answer.to)
+                        pending.append((i, _with_customer(req, answer.to)))
+                    else:
+                        out[i] = answer
+            if not pending:
+                return out
+        raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
+
+    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
+        """``method(*args)`` on every profile shard, answers decoded, in shard order."""
+
+        async def one(i: int, h: Any) -> Any:
+            return decode(await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s),
+                          f"shard {i}")  # fmt: skip
+
+        return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(self.shards))))
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         return await ping_each(self.shards, timeout_s)
-
-    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
-        return list(
-            await asyncio.gather(
-                *(
-                    asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
-                    for h in self.shards
-                )
-            )
-        )
 
 
 async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | None]:
@@ -241,10 +282,17 @@ async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | Non
     return list(await asyncio.gather(*(one(h) for h in handles)))
 
 
-def _pack(events: list[Event]) -> bytes:
-    """One msgpack blob per shard call: cheaper to send than Event objects."""
-    return msgpack.packb([list(ev) for ev in events], use_bin_type=True)
-
-
 def _customer_of(item: Any) -> str:
     return item.customer_id
+
+
+def _tagged_customer(item: tuple[int, Any]) -> str:
+    return item[1].customer_id
+
+
+def _untag(group: list[tuple[int, Any]]) -> list[Any]:
+    return [r for _, r in group]
+
+
+def _with_customer(req: Any, customer_id: str) -> Any:
+    return dataclasses.replace(req, customer_id=customer_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.events import EVENT_TYPES
+from models.customer.events import EVENT_TYPES
 
 ERROR = {
     "type": "object",

@@ -23,7 +23,7 @@ from actors.coordinator import COORDINATOR_NAME, get_or_create_coordinator
 from actors.identity import identity_name
 from actors.shard import NAMESPACE, shard_name
 from models.settings import Settings
-from serving.app import build_app
+from serving.deployment import build_app
 
 log = logging.getLogger("rtim.server")
 

@@ -6,9 +6,10 @@ import time
 import uuid
 from pathlib import Path
 
+from actors.replies import ShardUnavailable, StaleEpoch
 from actors.shard import ProfileShardImpl
-from models.decision import DecideRequest
-from models.events import Event
+from models.customer.events import Event
+from models.decisioning.request import DecideRequest
 from models.partitioning import PartitionMap
 from models.settings import load_settings
 
@@ -27,18 +28,18 @@ def ev(cid: str, etype: str = "page_view", **attrs) -> Event:
 async def test_state_survives_a_new_instance_on_the_same_directory(tmp_path: Path) -> None:
     shard = make(tmp_path)
     batch = [ev("a"), ev("a"), ev("b", "profile_update", age=30)]
-    assert await shard.apply_events(batch, 1) == {"applied": 3, "duplicates": 0}
+    assert await shard.apply_events(batch, 1) == {"applied": 3, "duplicates": 0, "moved": []}
     out = await shard.decide([DecideRequest("a", ("web",))], None, 1)
-    did = out["decisions"][0]["decision_id"]
-    assert (await shard.delete_profile("b", 1)) == {"deleted": True}
-    shard.journal.close()
+    did = out[0].decision_id
+    assert (await shard.delete_profile("b", 1)) is True
+    shard.durable.close()
 
     again = make(tmp_path)
-    assert again.recovery["replayed_records"] == 3
-    assert (await again.get_profile("a", 1))["profile"]["counters"]["page_view"]["1h"] == 2
+    assert again.durable.recovery["replayed_records"] == 3
+    assert (await again.get_profile("a", 1))["counters"]["page_view"]["1h"] == 2
     assert await again.get_profile("b", 1) is None
     assert (await again.get_decision(did))["customer_id"] == "a"
-    assert await again.apply_events(batch[:2], 1) == {"applied": 0, "duplicates": 2}
+    assert await again.apply_events(batch[:2], 1) == {"applied": 0, "duplicates": 2, "moved": []}
 
 
 async def test_snapshot_then_recovery_uses_it(tmp_path: Path) -> None:
@@ -47,23 +48,22 @@ async def test_snapshot_then_recovery_uses_it(tmp_path: Path) -> None:
     snap = await shard.snapshot()
     assert snap["profiles"] == 1
     await shard.apply_events([ev("a")], 1)
-    shard.journal.close()
+    shard.durable.close()
     again = make(tmp_path)
-    assert again.recovery["replayed_records"] == 1
-    assert (await again.get_profile("a", 1))["profile"]["counters"]["page_view"]["1h"] == 6
+    assert again.durable.recovery["replayed_records"] == 1
+    assert (await again.get_profile("a", 1))["counters"]["page_view"]["1h"] == 6
 
 
 async def test_wrong_epoch_is_refused_as_stale(tmp_path: Path) -> None:
     shard = make(tmp_path)
-    assert await shard.apply_events([ev("a")], 7) == {"stale": 1}
+    assert await shard.apply_events([ev("a")], 7) == StaleEpoch(1)
 
 
 async def test_unusable_data_directory_refuses_everything(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     shard = make(blocker)
-    assert shard.degraded and "data directory unusable" in shard.degraded
-    result = await shard.apply_events([ev("a")], 1)
-    assert "unavailable" in result
-    assert "unavailable" in await shard.get_profile("a", 1)
-    assert "unavailable" in await shard.snapshot()
+    assert shard.durable.degraded and "data directory unusable" in shard.durable.degraded
+    assert isinstance(await shard.apply_events([ev("a")], 1), ShardUnavailable)
+    assert isinstance(await shard.get_profile("a", 1), ShardUnavailable)
+    assert isinstance(await shard.snapshot(), ShardUnavailable)

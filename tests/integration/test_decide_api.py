@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from actors.shard import NAMESPACE, shard_name
-from models.catalog import load_catalog
+from models.decisioning.catalog import load_catalog
 from models.partitioning import PartitionMap
 from models.settings import DEMO_DIR
 

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from models.identity import identifier_key, new_profile_id
+from models.identity.config import identifier_key, new_profile_id
 from models.partitioning import PartitionMap
 
 
@@ -174,3 +174,19 @@ async def test_oldest_anonymous_identifiers_are_dropped_beyond_the_limit(client)
     assert dropped == [identifier_key("cookie", cookies[0])]
     ids = (await client.get(f"/v1/profiles/{account}")).json()["identifiers"]
     assert len(ids["cookie"]) == 9 and cookies[0] not in ids["cookie"]
+
+
+async def test_batch_decide_follows_a_customer_id_that_was_merged_away(client) -> None:
+    """Regression: /v1/decide/batch answered 500 for a merged-away customer id."""
+    cookie, account, other = uid("ck"), uid("acct"), uid("c")
+    await post(client, ev("page_view", {"cookie": cookie}), ev("page_view", customer_id=other))
+    anon = new_profile_id("cookie", cookie)
+    r = await post(client, ev("identify", {"cookie": cookie, "account": account}))
+    assert r["identity"]["merged"] == [anon]
+    r = await client.post(
+        "/v1/decide/batch", json={"customer_ids": [anon, other], "channel": "web"}
+    )
+    assert r.status_code == 200, r.text
+    answers = r.json()["decisions"]
+    assert [a["customer_id"] for a in answers] == [account, other]
+    assert all(not a["fallback"] for a in answers)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.catalog import Catalog, load_catalog
+from models.decisioning.catalog import Catalog, load_catalog
 from models.errors import CatalogError
 
 DEMO_CATALOG = Path(__file__).resolve().parents[2] / "models" / "demo" / "catalog.yaml"

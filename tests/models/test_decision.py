@@ -9,22 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import yaml
 
-from models.catalog import Catalog, load_catalog
-from models.decision import (
-    DecideRequest,
-    Decision,
-    decide,
-    decide_many,
-    parse_decide_batch,
-    parse_decide_request,
-)
+from models.customer.events import Event
+from models.customer.profile import Profile
+from models.decisioning.arbitration import decide, decide_many
+from models.decisioning.catalog import Catalog, load_catalog
+from models.decisioning.record import DecisionRecord
+from models.decisioning.request import DecideRequest, parse_decide_batch, parse_decide_request
 from models.errors import ValidationError
-from models.events import Event
-from models.profile import Profile
 
 NOW = 1_748_865_600.0  # Monday 2 June 2025, 12:00 UTC
 DAY = 86400.0
@@ -86,11 +82,11 @@ def request(channel: str | list[str] = "web", **fields: Any) -> DecideRequest:
     return parse_decide_request(body)
 
 
-def offered(decision: Decision) -> list[str]:
-    return [o["offer_id"] for o in decision.offers]
+def offered(decision: DecisionRecord) -> list[str]:
+    return [o.offer_id for o in decision.offers]
 
 
-def scored(decision: Decision) -> set[str]:
+def scored(decision: DecisionRecord) -> set[str]:
     return {c["offer_id"] for c in decision.candidates}
 
 
@@ -136,8 +132,8 @@ def test_low_value_customer_gets_email_and_high_value_customer_gets_the_call(
     req = request(["email", "outbound_call"])
     low_choice = decide(low, req, demo, scorer, NOW).offers[0]
     high_choice = decide(high, req, demo, scorer, NOW).offers[0]
-    assert (low_choice["offer_id"], low_choice["channel"]) == ("mortgage_review", "email")
-    assert (high_choice["offer_id"], high_choice["channel"]) == ("mortgage_review", "outbound_call")
+    assert (low_choice.offer_id, low_choice.channel) == ("mortgage_review", "email")
+    assert (high_choice.offer_id, high_choice.channel) == ("mortgage_review", "outbound_call")
 
 
 def test_everything_under_the_threshold_gives_no_action(demo: Catalog) -> None:
@@ -194,7 +190,7 @@ def test_outbound_calls_only_in_business_hours(demo: Catalog) -> None:
     assert decide(rich, request("outbound_call"), demo, scorer, NOW).offers
     assert decide(rich, request("outbound_call"), demo, scorer, evening).offers == []
     choice = decide(rich, request(["email", "outbound_call"]), demo, scorer, evening).offers[0]
-    assert choice["channel"] == "email"
+    assert choice.channel == "email"
 
 
 def test_request_hour_in_context_overrides_the_clock(demo: Catalog) -> None:
@@ -246,7 +242,7 @@ def test_at_most_one_offer_per_group_and_at_most_limit(demo: Catalog) -> None:
     scorer = FixedScorer({"personal_loan": 0.5, "credit_card": 0.5, "savings_account": 0.5})
     decision = decide(customer(), request("web", limit=2), demo, scorer, NOW)
     assert offered(decision) == ["personal_loan", "mortgage_review"]
-    assert len({o["group"] for o in decision.offers}) == 2
+    assert len({o.group for o in decision.offers}) == 2
 
 
 def test_priority_is_p_times_c_times_v_times_l(demo: Catalog) -> None:
@@ -254,9 +250,9 @@ def test_priority_is_p_times_c_times_v_times_l(demo: Catalog) -> None:
     decision = decide(customer(), request("web", placement="sidebar"), demo, scorer, NOW)
     top = decision.offers[0]
     # savings: V 40, L 1.2, sidebar weight 0.8
-    assert top["offer_id"] == "savings_account"
-    assert top["priority"] == pytest.approx(0.5 * 0.8 * 40 * 1.2)
-    assert top["treatment"] == "sa_web_side" and top["placement"] == "sidebar"
+    assert top.offer_id == "savings_account"
+    assert top.priority == pytest.approx(0.5 * 0.8 * 40 * 1.2)
+    assert top.treatment == "sa_web_side" and top.placement == "sidebar"
 
 
 def test_placement_limits_candidates_to_its_treatments(demo: Catalog) -> None:
@@ -315,15 +311,18 @@ def test_fixed_propensity_offers_skip_the_model() -> None:
     assert scorer.rows == 1
 
 
-def test_decision_to_dict_is_json_and_logs_every_scored_candidate(demo: Catalog) -> None:
+def test_decision_record_projects_to_answer_and_log_entry(demo: Catalog) -> None:
     decision = decide(customer(), request("email", limit=2), demo, FixedScorer(default=0.3), NOW)
-    data = json.loads(json.dumps(decision.to_dict()))
-    assert data["catalog_version"] == "demo-bank-2025.1" and data["model_version"] == "fixed-1"
-    assert data["chosen_probability"] == {o["offer_id"]: 1.0 for o in decision.offers}
-    assert len(data["candidates"]) == 5  # premium (income) and retention (no churn) removed
-    assert set(data["offers"][0]) >= {"offer_id", "channel", "treatment", "propensity",
-                                      "priority", "value"}  # fmt: skip
-    assert data["no_action"] is False
+    answer = json.loads(json.dumps(decision.answer()))
+    assert answer["catalog_version"] == "demo-bank-2025.1" and answer["model_version"] == "fixed-1"
+    assert set(answer["offers"][0]) == {"offer_id", "channel", "treatment", "placement",
+                                        "content", "propensity", "priority", "value"}  # fmt: skip
+    assert answer["fallback"] is False and "trace" not in answer
+    entry = json.loads(json.dumps(decision.log_entry()))
+    assert entry["decision_id"] == answer["decision_id"]
+    assert [c["probability"] for c in entry["chosen"]] == [1.0] * len(decision.offers)
+    assert len(entry["candidates"]) == 5  # premium (income) and retention (no churn) removed
+    assert not decision.no_action
 
 
 # -- batch scoring --------------------------------------------------------------------
@@ -342,7 +341,11 @@ def test_decide_many_scores_once_and_matches_decide(demo: Catalog) -> None:
     batch = decide_many(items, demo, batch_scorer, NOW)
     assert batch_scorer.predict_calls == 1
     singles = [decide(p, r, demo, FixedScorer(table), NOW) for p, r in items]
-    assert [d.to_dict() for d in batch] == [d.to_dict() for d in singles]
+
+    def same(d: DecisionRecord) -> dict:
+        return {**msgspec.to_builtins(d), "decision_id": None}
+
+    assert [same(d) for d in batch] == [same(d) for d in singles]
     assert batch_scorer.rows == sum(len(d.candidates) for d in singles)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from models.customer.events import parse_event_batch, parse_ts
 from models.errors import ValidationError
-from models.events import parse_event_batch, parse_ts
 
 NOW = 1_800_000_000.0
 

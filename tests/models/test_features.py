@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from models.customer.events import parse_event
+from models.customer.profile import Profile
+from models.decisioning.facts import compile_fact
 from models.errors import ModelError
-from models.events import parse_event
-from models.facts import compile_fact
-from models.features import FeatureBuilder
-from models.profile import Profile
-from models.simulator import DEMO_FEATURES, decision_context, offer_candidate, simulate
+from models.learning.features import FeatureBuilder
+from models.learning.simulator import DEMO_FEATURES, decision_context, offer_candidate, simulate
 
 NOW = 1_750_000_000.0
 GAP = 1800.0

@@ -6,21 +6,13 @@ import itertools
 
 import pytest
 
-from models.errors import ValidationError
-from models.events import Event, parse_event_batch
-from models.identity import (
-    IdentityConfig,
-    IdentityConflict,
-    IdentityRecord,
-    IdentityTable,
-    LinkPlan,
-    identifier_key,
-    merge_profiles,
-    new_profile_id,
-    parse_identifiers,
-    plan_link,
-)
-from models.profile import HISTORY_MAX, Profile
+from models.customer.events import Event, parse_event_batch
+from models.customer.merge import merge_profiles
+from models.customer.profile import HISTORY_MAX, Profile
+from models.errors import IdentityConflict, ValidationError
+from models.identity.config import IdentityConfig, identifier_key, new_profile_id, parse_identifiers
+from models.identity.plan import LinkPlan, plan_link
+from models.identity.table import IdentityRecord, IdentityTable
 from models.settings import SettingsError
 
 NOW = 1_800_000_000.0

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from models.catalog import Catalog, load_catalog
-from models.decision import DecideRequest, Decision, decide
-from models.events import Event
-from models.profile import Profile
+from models.customer.events import Event
+from models.customer.profile import Profile
+from models.decisioning.arbitration import decide
+from models.decisioning.catalog import Catalog, load_catalog
+from models.decisioning.record import DecisionRecord
+from models.decisioning.request import DecideRequest
 
 NOW = 1_748_865_600.0  # Monday 2 June 2025, 12:00 UTC
 DAY = 86400.0
@@ -60,7 +62,9 @@ def catalog(*policies: dict) -> Catalog:
     )
 
 
-def ask(cat: Catalog, profile: Profile, channel: str, now: float = NOW, limit: int = 1) -> Decision:
+def ask(
+    cat: Catalog, profile: Profile, channel: str, now: float = NOW, limit: int = 1
+) -> DecisionRecord:
     req = DecideRequest("c1", (channel,), limit=limit, explain=True)
     return decide(profile, req, cat, ValueOrderScorer(), now)
 
@@ -71,11 +75,11 @@ def serve(
     """Decide, then record the impressions as the server does (impressions: on_decide)."""
     decision = ask(cat, profile, channel, now, limit)
     for offer in decision.offers:
-        profile.record_contact(now, offer["offer_id"], offer["channel"], "impression")
-    return [o["offer_id"] for o in decision.offers]
+        profile.record_contact(now, offer.offer_id, offer.channel, "impression")
+    return [o.offer_id for o in decision.offers]
 
 
-def removed_by(decision: Decision, offer_id: str) -> str | None:
+def removed_by(decision: DecisionRecord, offer_id: str) -> str | None:
     for t in decision.trace or ():
         if t["offer_id"] == offer_id and not t["chosen"]:
             return t["rule"]
@@ -116,7 +120,7 @@ def test_offer_cap_counts_impressions_across_channels() -> None:
     assert serve(cat, p, "app", NOW + 1) == ["card"]
     assert serve(cat, p, "web", NOW + 2) == ["card"]
     fourth = ask(cat, p, "email", NOW + 3)
-    assert [o["offer_id"] for o in fourth.offers] == ["loan"]
+    assert [o.offer_id for o in fourth.offers] == ["loan"]
     assert removed_by(fourth, "card") == "offer_daily"
 
 
@@ -134,7 +138,7 @@ def test_group_cap_maps_history_offers_to_their_group() -> None:
     cat, p = catalog(group_daily), Profile("c1")
     assert serve(cat, p, "web") == ["card"]
     second = ask(cat, p, "web", NOW + 1)
-    assert [o["offer_id"] for o in second.offers] == ["saver"]
+    assert [o.offer_id for o in second.offers] == ["saver"]
     assert removed_by(second, "loan") == "credit_daily"
 
 
@@ -159,14 +163,14 @@ def test_suppression_after_n_rejections_within_the_period() -> None:
     p.apply(Event("r3", "c1", "response", NOW - DAY, "web", {"outcome": "rejected"}, "card", None),
             NOW, 1800)  # fmt: skip
     third = ask(cat, p, "web", NOW + 1)
-    assert [o["offer_id"] for o in third.offers] == ["loan"]
+    assert [o.offer_id for o in third.offers] == ["loan"]
     assert removed_by(third, "card") == "two_strikes"
 
 
 def test_caps_count_offers_chosen_in_the_same_decision() -> None:
     cat, p = catalog(EMAIL_WEEKLY), Profile("c1")
     decision = ask(cat, p, "email", limit=3)
-    assert [o["offer_id"] for o in decision.offers] == ["card"]
+    assert [o.offer_id for o in decision.offers] == ["card"]
     assert removed_by(decision, "saver") == "email_weekly"
 
 

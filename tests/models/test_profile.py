@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from models.events import Event
-from models.profile import HISTORY_MAX, SEEN_IDS, Profile
+from models.customer.events import Event
+from models.customer.profile import HISTORY_MAX, SEEN_IDS, Profile
 
 NOW = 1_800_000_000.0
 GAP = 1800.0

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.customer.profile import Profile
 from models.errors import ModelError, NotFound
-from models.features import FeatureBuilder
-from models.profile import Profile
-from models.registry import (
+from models.learning.features import FeatureBuilder
+from models.learning.registry import (
     DEMO_REGISTRY,
     MANIFEST_FORMAT,
     ModelRegistry,
     read_manifest,
     write_model_version,
 )
-from models.simulator import CHANNELS, OFFERS, decision_context, offer_candidate
+from models.learning.simulator import CHANNELS, OFFERS, decision_context, offer_candidate
 
 NOW = 1_750_000_000.0
 FEATURES = [
@@ -42,11 +42,11 @@ def manifest(**overrides: object) -> dict:
 
 
 def sklearn_model(width: int = 4, seed: int = 0) -> bytes:
-    """A tiny logistic regression converted the way models.train converts."""
+    """A tiny logistic regression converted the way models.learning.train converts."""
     pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
 
-    from models.train import to_onnx
+    from models.learning.train import to_onnx
 
     rng = np.random.default_rng(seed)
     X = rng.random((200, width)).astype(np.float32)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from models.customer.profile import Profile
+from models.decisioning.rules import compile_condition, compile_rule
 from models.errors import CatalogError
-from models.profile import Profile
-from models.rules import compile_condition, compile_rule
 
 NOW = 1_750_000_000.0
 OFFER = SimpleNamespace(

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from models.customer.profile import Profile
 from models.errors import ModelError
-from models.features import FeatureBuilder
-from models.profile import Profile
-from models.scoring import BetaBernoulliScorer, OnnxScorer, PriorScorer, PropensityScorer
+from models.learning.features import FeatureBuilder
+from models.learning.scoring import BetaBernoulliScorer, OnnxScorer, PriorScorer, PropensityScorer
 
 NOW = 1_750_000_000.0
 FEATURES = [

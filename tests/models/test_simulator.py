@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.events import parse_event_batch
-from models.profile import Profile
-from models.simulator import (
+from models.customer.events import parse_event_batch
+from models.customer.profile import Profile
+from models.learning.simulator import (
     CHANNELS,
     OFFERS,
     SEGMENTS,

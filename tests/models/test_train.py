@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 
-from models.registry import ModelRegistry, read_manifest
-from models.simulator import TrainingSet, simulate, write_training_set
-from models.train import (
+from models.learning.registry import ModelRegistry, read_manifest
+from models.learning.simulator import TrainingSet, simulate, write_training_set
+from models.learning.train import (
     expected_calibration_error,
     holdout_mask,
     main,

@@ -29,10 +29,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import onnxruntime as ort
 
+from models.customer.profile import Profile
+from models.decisioning.facts import Candidate
 from models.errors import ModelError
-from models.facts import Candidate
-from models.features import FeatureBuilder
-from models.profile import Profile
+from models.learning.features import FeatureBuilder
 
 OUTPUT_FORMATS = ("probabilities", "probability", "zipmap")
 

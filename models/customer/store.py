@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
-from models.events import Event
-from models.profile import Profile
+from models.customer.events import Event
+from models.customer.profile import Profile
 
 
 class ProfileStore:

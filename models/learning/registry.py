@@ -22,11 +22,11 @@ Layout::
       "metrics": {"holdout": {"rows": 20000, "auc": 0.8, "logloss": 0.2, "ece": 0.004}}
     }
 
-``features`` (see :mod:`models.features`) says how the input row is built;
+``features`` (see :mod:`models.learning.features`) says how the input row is built;
 ``columns`` is what that list expanded to when the model was trained, so a
 change of encoding between server versions is caught at load time rather than
 silently skewing scores. ``output.format`` is one of
-:data:`models.scoring.OUTPUT_FORMATS`. ``training`` and ``metrics`` are for
+:data:`models.learning.scoring.OUTPUT_FORMATS`. ``training`` and ``metrics`` are for
 people and the admin API; the server does not read them.
 
 Loading checks the manifest against the file (sha256) and the ONNX graph
@@ -45,13 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError, NotFound
-from models.features import FeatureBuilder
-from models.scoring import OnnxScorer
+from models.learning.features import FeatureBuilder
+from models.learning.scoring import OnnxScorer, PriorScorer
+from models.settings import DEMO_DIR
 
 MANIFEST_FORMAT = "rtim-propensity-model/1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-DEMO_REGISTRY = Path(__file__).resolve().parent / "demo" / "registry"
+DEMO_REGISTRY = DEMO_DIR / "registry"
 
 # Versions become directory names and may arrive from the admin API, so they
 # are kept to a safe alphabet (no "..", no slashes).
@@ -236,3 +237,25 @@ class ModelRegistry:
         if not (directory / MANIFEST_FILE).is_file():
             raise NotFound(f"no model version {version!r} in {self.root}", "version")
         return directory
+
+
+def scorer_for_version(
+    root: str | os.PathLike[str], version: str, group_of: Callable[[str], str] | None = None
+) -> tuple[Any, str]:
+    """The scorer of ``version`` ("" = newest) and its version name.
+
+    An empty or missing registry gives the prior scorer when no version was
+    asked for; a named version that cannot be loaded raises.
+    """
+    try:
+        registry = ModelRegistry(root, group_of)
+    except ModelError:
+        if version:
+            raise
+        prior = PriorScorer()
+        return prior, prior.version
+    version = version or registry.latest_version() or ""
+    if not version:
+        prior = PriorScorer()
+        return prior, prior.version
+    return registry.load(version), version

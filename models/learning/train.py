@@ -4,18 +4,19 @@ This is the only module that needs the ``train`` extra (scikit-learn,
 skl2onnx, onnx); the server never imports it. One command rebuilds the bundled
 demo model from a seeded simulation::
 
-    python -m models.train --simulate 10000 --seed 7 --out models/demo/registry --version v1
+    python -m models.learning.train --simulate 10000 --seed 7 \
+        --out models/demo/registry --version v1
 
-or trains on a file written by :mod:`models.simulator`::
+or trains on a file written by :mod:`models.learning.simulator`::
 
-    python -m models.train --data var/train.jsonl --out models/demo/registry --version v2
+    python -m models.learning.train --data var/train.jsonl --out models/demo/registry --version v2
 
 Steps: split the rows by customer (a stable hash, so no customer is in both
 parts), fit a scikit-learn classifier, score the holdout (AUC, log loss,
 expected calibration error and, for simulated data, agreement with the known
 ground truth), convert to ONNX with a plain ``probabilities`` output, write
 ``model.onnx`` + ``manifest.json`` and load the result back through
-:class:`~models.registry.ModelRegistry` to prove it serves.
+:class:`~models.learning.registry.ModelRegistry` to prove it serves.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.features import FeatureBuilder
-from models.registry import ModelRegistry, write_model_version
-from models.scoring import OnnxScorer, PropensityScorer
-from models.simulator import (
+from models.learning.features import FeatureBuilder
+from models.learning.registry import ModelRegistry, write_model_version
+from models.learning.scoring import OnnxScorer, PropensityScorer
+from models.learning.simulator import (
     CHANNELS,
     DAY,
     OFFERS,
@@ -221,7 +222,7 @@ def to_onnx(estimator: ClassifierMixin, n_columns: int) -> bytes:
     opsets = sorted((o.domain, o.version) for o in model.opset_import)
     del model.opset_import[:]
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets)
-    model.producer_name = "rtim models.train"
+    model.producer_name = "rtim models.learning.train"
     model.doc_string = ""
     return model.SerializeToString()
 
@@ -266,7 +267,7 @@ def train(
     diff = float(np.abs(scorer.predict(data.X[test_idx]) - p_test).max())
     metrics["onnx_max_abs_diff"] = diff
     log(f"  ONNX model: {len(blob) / 1024:.1f} KB, max |ONNX - scikit-learn| {diff:.1e}")
-    if data.source.get("generator") == "models.simulator":
+    if data.source.get("generator") == "models.learning.simulator":
         metrics["ground_truth_table"] = table_agreement(scorer)
         log(f"  against the ground-truth table: {metrics['ground_truth_table']}")
     manifest = {
@@ -320,10 +321,11 @@ def _fmt(metrics: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m models.train", description="Train a propensity model into a registry."
+        prog="python -m models.learning.train",
+        description="Train a propensity model into a registry.",
     )
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="training file from models.simulator (.jsonl or .csv)")
+    src.add_argument("--data", help="training file from models.learning.simulator (.jsonl or .csv)")
     src.add_argument("--simulate", type=int, metavar="N", help="simulate N customers first")
     ap.add_argument("--seed", type=int, default=7, help="simulation and training seed")
     ap.add_argument("--days", type=int, default=28, help="simulated days (with --simulate)")

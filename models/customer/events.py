@@ -8,10 +8,10 @@ A validated event travels to its shard as a plain :class:`Event` tuple
 (cheap to serialise, no per-event class instances on the wire).
 
 An event may carry ``identifiers`` (``{"cookie": "…", "account": "…"}``,
-validated by :func:`models.identity.parse_identifiers`); ``customer_id`` is
+validated by :func:`models.identity.config.parse_identifiers`); ``customer_id`` is
 then optional and left ``""`` for the ingress to fill in once it has resolved
 the identifiers to a profile. An ``identify`` event carries identifiers and
-nothing else: it links them (see ``models/identity.py``).
+nothing else: it links them (see ``models/identity/``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from models.errors import ValidationError
-
-if TYPE_CHECKING:
-    from models.identity import IdentityConfig
+from models.identity.config import DEFAULT_IDENTITY, IdentityConfig, parse_identifiers
 
 EVENT_TYPES = frozenset(
     {
@@ -211,9 +209,6 @@ def parse_event(
     event_id = require_id(ev, "event_id", f"{field}.event_id")
     identifiers = None
     if ev.get("identifiers") is not None:
-        # Imported here: models.identity imports models.profile, which imports this module.
-        from models.identity import DEFAULT_IDENTITY, parse_identifiers
-
         identifiers = parse_identifiers(
             ev["identifiers"], f"{field}.identifiers", identity or DEFAULT_IDENTITY
         )

@@ -1,7 +1,7 @@
 """Model features: turning facts into the float32 matrix a propensity model reads.
 
 A model's manifest lists its features; each is a fact name from
-:mod:`models.facts` plus an encoding. :class:`FeatureBuilder` compiles that list
+:mod:`models.decisioning.facts` plus an encoding. :class:`FeatureBuilder` compiles that list
 once and then builds the matrix for all candidates of a decision in one call.
 Training (:meth:`FeatureBuilder.rows_for_training`) goes through the very same
 :meth:`FeatureBuilder.build`, so what a model was trained on is what it is served.
@@ -32,7 +32,7 @@ candidate (``offer.*``, ``group.*``, ``channel.*``, ``consent.channel``) once pe
 candidate. The contact-history facts (``offer.impressions.7d`` and kin) are
 counted in one pass over the history for all candidates rather than one pass
 per candidate; ``tests/models/test_features.py`` checks that this gives the
-same values as the per-candidate getters of :mod:`models.facts`.
+same values as the per-candidate getters of :mod:`models.decisioning.facts`.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from models.customer.profile import IMPRESSION, Profile
+from models.decisioning.facts import Candidate, Getter, UnknownFact, compile_fact, parse_duration
 from models.errors import ModelError
-from models.facts import Candidate, Getter, UnknownFact, compile_fact, parse_duration
-from models.profile import IMPRESSION, Profile
 
 KINDS = ("numeric", "log1p", "bool", "onehot", "since")
 _SPEC_KEYS = frozenset({"name", "kind", "default", "values", "cap", "scale", "description"})

@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.facts import parse_duration
-from models.profile import IMPRESSION, Profile
-from models.rules import OfferSelector, fail, parse_selector
+from models.customer.profile import IMPRESSION, Profile
+from models.decisioning.facts import parse_duration
+from models.decisioning.rules import OfferSelector, fail, parse_selector
 
 SCOPES = ("offer", "group", "channel", "all")
 COUNTABLE = ("impression", "accepted", "rejected", "clicked", "ignored")

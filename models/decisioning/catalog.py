@@ -23,9 +23,8 @@ from typing import Any
 
 import yaml
 
-from models.errors import CatalogError
-from models.policies import ContactPolicy, parse_contact_policy
-from models.rules import (
+from models.decisioning.policies import ContactPolicy, parse_contact_policy
+from models.decisioning.rules import (
     STAGES,
     Condition,
     OfferSelector,
@@ -37,6 +36,7 @@ from models.rules import (
     fail,
     parse_selector,
 )
+from models.errors import CatalogError
 
 CHANNEL_KINDS = ("inbound", "outbound")
 IMPRESSION_MODES = ("on_decide", "events")
@@ -137,7 +137,10 @@ class Offer:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CandidateSpec:
-    """One offer × treatment on a channel, precomputed; a :class:`models.facts.Candidate`."""
+    """One offer × treatment on a channel, precomputed.
+
+    It is a :class:`models.decisioning.facts.Candidate`.
+    """
 
     offer_id: str
     group: str

@@ -1,6 +1,6 @@
 """The fact vocabulary: named values that rules and model features read.
 
-Rules (``models/rules.py``) and feature builders (``models/features.py``) never
+Rules (``models/decisioning/rules.py``) and feature builders (``models/learning/features.py``) never
 reach into a profile directly; they name a fact, and this module resolves the
 name once into a getter ``(profile, context, candidate, now) -> value``.
 Compiling names up front keeps the decision hot path to plain calls.
@@ -46,7 +46,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from models.profile import IMPRESSION, Profile
+from models.customer.profile import IMPRESSION, Profile
 
 Getter = Callable[[Profile, dict, Any, float], Any]
 

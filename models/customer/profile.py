@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from models.events import Event
+from models.customer.events import Event
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 WINDOWS: dict[str, int] = {"1h": HOUR, "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
@@ -33,7 +33,7 @@ HISTORY_MAX = 64  # contact/response history entries kept per profile
 HISTORY_HORIZON_S = 90 * DAY
 SEEN_IDS = 32  # event ids remembered per profile for idempotency ...
 SEEN_TTL_S = DAY  # ... for at most this long
-_SEEN = struct.Struct("<I8s")  # (epoch seconds, digest) per remembered id
+SEEN_STRUCT = struct.Struct("<I8s")  # (epoch seconds, digest) per remembered id
 _PACK_VERSION = 1
 
 # History entry kinds. An impression is a contact; the rest are responses.
@@ -172,14 +172,18 @@ class Profile:
         """True when this event id was applied within the dedupe TTL."""
         d = event_digest(event_id)
         cutoff = now - SEEN_TTL_S
-        return any(ts >= cutoff and dig == d for ts, dig in _SEEN.iter_unpack(self.seen))
+        return any(ts >= cutoff and dig == d for ts, dig in SEEN_STRUCT.iter_unpack(self.seen))
 
     def remember(self, event_id: str, now: float) -> None:
         cutoff = now - SEEN_TTL_S
         kept = b"".join(
-            _SEEN.pack(ts, dig) for ts, dig in _SEEN.iter_unpack(self.seen) if ts >= cutoff
+            SEEN_STRUCT.pack(ts, dig)
+            for ts, dig in SEEN_STRUCT.iter_unpack(self.seen)
+            if ts >= cutoff
         )
-        self.seen = (kept + _SEEN.pack(int(now), event_digest(event_id)))[-SEEN_IDS * _SEEN.size :]
+        self.seen = (kept + SEEN_STRUCT.pack(int(now), event_digest(event_id)))[
+            -SEEN_IDS * SEEN_STRUCT.size :
+        ]
 
     def bump(self, key: str, ts: float, now: float) -> None:
         """Add one occurrence of ``key`` at ``ts`` to its rolling counter."""
@@ -197,7 +201,7 @@ class Profile:
             buckets[2 * i + 1] += 1
         else:
             buckets[2 * i : 2 * i] = [start, 1]
-        self.counters[key] = _compact(buckets, now)
+        self.counters[key] = compact_buckets(buckets, now)
 
     def touch(self, ts: float, key: str) -> None:
         if ts > self.last.get(key, -1.0):
@@ -293,7 +297,7 @@ class Profile:
         }
 
 
-def _compact(buckets: list, now: float) -> list:
+def compact_buckets(buckets: list, now: float) -> list:
     """Re-bucket by age and drop what fell out of the longest window."""
     out: list = []
     horizon = now - COUNTER_HORIZON_S

@@ -15,10 +15,10 @@ credit check, churn risk, fatigue from repeated impressions, a recent
 rejection, an engaged visit, an abandoned application.
 :func:`true_propensity` combines the two.
 
-Training rows. Every simulated customer is a real :class:`~models.profile.Profile`
+Training rows. Every simulated customer is a real :class:`~models.customer.profile.Profile`
 built by applying its events in time order. At each decision the shown offer
 is drawn uniformly (a random logging policy, so labels are unbiased) and the
-row is built by :class:`~models.features.FeatureBuilder` from the profile as it
+row is built by :class:`~models.learning.features.FeatureBuilder` from the profile as it
 was at that moment: the very code that serves the model. Rows are kept in a
 :class:`TrainingSet` and can be written as JSONL or CSV:
 
@@ -30,7 +30,7 @@ was at that moment: the very code that serves the model. Rows are kept in a
   columns (the feature columns, then ``label, customer_id, offer_id, channel,
   segment, ts, p_true``); one decision per further line.
 
-Run ``python -m models.simulator --customers 2000 --out var/train.jsonl``.
+Run ``python -m models.learning.simulator --customers 2000 --out var/train.jsonl``.
 Only numpy and the pure ``models`` modules are used.
 """
 
@@ -52,9 +52,9 @@ from typing import Any
 
 import numpy as np
 
-from models.events import parse_event
-from models.features import FeatureBuilder
-from models.profile import Profile
+from models.customer.events import parse_event
+from models.customer.profile import Profile
+from models.learning.features import FeatureBuilder
 
 TRAINING_FORMAT = "rtim-training/1"
 SESSION_GAP_S = 1800.0
@@ -282,7 +282,7 @@ DEMO_FEATURES: list[dict[str, Any]] = [
 
 @dataclass(frozen=True, slots=True)
 class OfferCandidate:
-    """A shown offer, as :mod:`models.facts` sees candidates."""
+    """A shown offer, as :mod:`models.decisioning.facts` sees candidates."""
 
     offer_id: str
     group: str
@@ -590,7 +590,7 @@ def simulate(
         ts=np.array([r[6] for r in rows], dtype=np.float64),
         p_true=np.array([r[7] for r in rows], dtype=np.float32),
         source={
-            "generator": "models.simulator",
+            "generator": "models.learning.simulator",
             "seed": seed,
             "customers": customers,
             "days": days,
@@ -728,7 +728,8 @@ def _report(done: int, total: int, rows: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m models.simulator", description="Simulate customers and write training rows."
+        prog="python -m models.learning.simulator",
+        description="Simulate customers and write training rows.",
     )
     ap.add_argument("--customers", type=int, default=2000)
     ap.add_argument("--days", type=int, default=28)

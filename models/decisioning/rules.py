@@ -5,7 +5,7 @@ A condition is plain data, never code that is ``eval``-ed::
     {fact: "since.credit_check:fail", op: "<", value: "90d"}
     {all: [cond, ...]}   {any: [cond, ...]}   {not: cond}
 
-Facts are named by the shared vocabulary of :mod:`models.facts`. Operators:
+Facts are named by the shared vocabulary of :mod:`models.decisioning.facts`. Operators:
 ``== != < <= > >= in not_in contains exists missing`` (YAML-friendly
 aliases ``eq ne lt lte gt gte``). Durations (``"5m"``, ``"90d"``) are allowed
 as values of facts that count seconds (``since.*``, ``offer.since_*``,
@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from models.customer.profile import Profile
+from models.decisioning.facts import UnknownFact, compile_fact, parse_duration
 from models.errors import CatalogError
-from models.facts import UnknownFact, compile_fact, parse_duration
-from models.profile import Profile
 
 Predicate = Callable[[Profile, dict, Any, float], bool]
 

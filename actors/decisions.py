@@ -1,0 +1,169 @@
+"""``DecisionEngine``: a shard's catalogue, propensity model and decision log.
+
+It decides for a batch of (profile, request) pairs with one model run
+(:func:`models.decisioning.arbitration.decide_many`), logs each
+:class:`~models.decisioning.record.DecisionRecord`, counts the chosen offers
+as impressions when the catalogue says so, and attributes ``response``
+events to logged decisions. It journals :class:`DecisionsMade`,
+:class:`CatalogActivated` and :class:`ModelActivated`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from actors.durable import JournalRecord, journal_record
+from models.customer.events import Event
+from models.customer.profile import Profile
+from models.decisioning.arbitration import decide_many
+from models.decisioning.catalog import Catalog, load_catalog
+from models.decisioning.log import DecisionLog
+from models.decisioning.record import DecisionRecord, from_builtins, to_builtins
+from models.decisioning.request import DecideRequest
+from models.errors import RtimError
+from models.learning.registry import scorer_for_version
+from models.learning.scoring import PriorScorer
+from models.settings import Settings
+
+log = logging.getLogger("rtim.decisions")
+
+
+@journal_record("dec")
+@dataclass(frozen=True, slots=True)
+class DecisionsMade(JournalRecord):
+    now: float
+    records: list[dict]  # DecisionRecord journal forms
+
+
+@journal_record("cat")
+@dataclass(frozen=True, slots=True)
+class CatalogActivated(JournalRecord):
+    catalog: dict
+
+
+@journal_record("mdl")
+@dataclass(frozen=True, slots=True)
+class ModelActivated(JournalRecord):
+    version: str
+
+
+class DecisionEngine:
+    """Decides for one shard's customers and remembers what it decided."""
+
+    def __init__(self, settings: Settings, catalog: dict | None, model_version: str | None) -> None:
+        self.settings = settings
+        # Start from what the coordinator says is active; the journal may hold
+        # a newer activation, which recovery applies on top.
+        self.catalog: Catalog = load_catalog(catalog or settings.catalog)
+        self.model_error: str | None = None
+        self.scorer: Any = PriorScorer()
+        self.model_version: str = self.scorer.version
+        self.activate_model(model_version or settings.model_version, strict=False)
+        self.log = DecisionLog(settings.decision_log_size)
+        self.decisions = 0
+
+    # -- state ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.log = DecisionLog(self.settings.decision_log_size)
+
+    def load_snapshot(self, state: dict) -> None:
+        for data in state.get("decisions", []):
+            self.log.add(from_builtins(data))
+        if state.get("catalog"):
+            self.activate_catalog(state["catalog"])
+        if state.get("model_version"):
+            self.activate_model(state["model_version"], strict=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "decisions": [to_builtins(r) for r in self.log.records()],
+            "catalog": self.catalog.to_dict(),
+            "model_version": self.model_version,
+        }
+
+    # -- catalogue and model ----------------------------------------------------------
+
+    def activate_catalog(self, data: dict) -> Catalog:
+        """Switch to a catalogue (raises ``CatalogError`` for an invalid one)."""
+        catalog = load_catalog(data)
+        if catalog.version != self.catalog.version:
+            self.catalog = catalog
+        return catalog
+
+    def activate_model(self, version: str, strict: bool = True) -> str:
+        """Load and switch to a model version ("" = newest in the registry).
+
+        ``strict=False`` never raises: a model file that fails to load leaves
+        the current scorer in place and says why in :attr:`model_error` (a
+        shard must not crash-loop on a bad file).
+        """
+        if version and version == self.model_version and self.model_error is None:
+            return version
+        try:
+            self.scorer, self.model_version = scorer_for_version(
+                self.settings.model_registry, version, self.catalog.group_of
+            )
+        except RtimError as exc:
+            if strict:
+                raise
+            self.model_error = f"model {version!r} failed to load: {exc.message}"
+            log.error("%s", self.model_error)
+            return self.model_version
+        self.model_error = None
+        return self.model_version
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def decide(
+        self, items: list[tuple[Profile, DecideRequest]], now: float
+    ) -> list[DecisionRecord]:
+        """One decision per item; impressions recorded on the given profiles."""
+        if not items:
+            return []
+        records = decide_many(items, self.catalog, self.scorer, now, self.settings.session_gap_s)
+        on_decide = self.catalog.arbitration.impressions == "on_decide"
+        for (profile, _), record in zip(items, records):
+            record.impressions = on_decide and bool(record.offers)
+            self._log(record, profile, now)
+        self.decisions += len(records)
+        return records
+
+    def replay(self, rec: DecisionsMade, profile_of: Any) -> list[Profile]:
+        """Re-log journalled decisions; return the profiles whose impressions changed."""
+        touched: dict[str, Profile] = {}
+        for data in rec.records:
+            record = from_builtins(data)
+            cid = record.customer_id
+            profile = None
+            if record.impressions:
+                profile = touched.get(cid) or profile_of(cid)
+                touched[cid] = profile
+            self._log(record, profile, rec.now)
+        return list(touched.values())
+
+    def _log(self, record: DecisionRecord, profile: Profile | None, now: float) -> None:
+        self.log.add(record)
+        if record.impressions and profile is not None:
+            for o in record.offers:
+                profile.record_contact(now, o.offer_id, o.channel, "impression")
+
+    def attribute(self, ev: Event) -> Event:
+        """Tie a response to its logged decision; fill in the offer it concerns."""
+        if ev.type != "response" or ev.decision_id is None:
+            return ev
+        offer = self.log.attribute(
+            ev.decision_id, ev.customer_id, ev.offer_id, ev.attributes["outcome"], ev.ts
+        )
+        if offer is not None and ev.offer_id is None:
+            return ev._replace(offer_id=offer)
+        return ev
+
+    def erase(self, customer_id: str) -> int:
+        return self.log.erase(customer_id)
+
+    def entry(self, decision_id: str) -> dict[str, Any] | None:
+        record = self.log.get(decision_id)
+        return None if record is None else record.log_entry()

@@ -1,0 +1,1 @@
+"""The customer: events, the profile they update, the shard-local store, merges."""

@@ -1,0 +1,2 @@
+"""Deciding: catalogue, rules, facts, contact policies, requests, the cascade,
+the decision record and the decision log."""

@@ -1,0 +1,284 @@
+"""The decision cascade: from a profile, a request and a catalogue to a decision.
+
+:func:`decide_many` runs, per request:
+
+1. candidates: offer × treatment on the requested channel(s) and placement,
+   offers active by their dates;
+2. eligibility, applicability and suitability rules (first excluding rule wins);
+3. contact policies (caps and suppression);
+
+then ONE ``scorer.predict`` over the surviving candidates of all requests
+(``scorer.features`` once per request, as it takes one profile), and per
+request:
+
+4. priority = P × C × V × L, net value = priority − channel cost;
+5. greedy selection by net value: per offer its best channel/treatment, at
+   most one offer per group, contact caps counting this decision's own picks,
+   ``limit`` offers, none whose net value is under ``arbitration.min_priority``
+   ("no action" when nothing is left).
+
+Each decision is a :class:`~models.decisioning.record.DecisionRecord`. The
+cascade does not record impressions; the caller does (see the catalogue's
+``arbitration.impressions``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from models.customer.profile import Profile
+from models.decisioning.catalog import CandidateSpec, Catalog
+from models.decisioning.facts import Candidate
+from models.decisioning.policies import ContactLedger
+from models.decisioning.record import ChosenOffer, DecisionRecord
+from models.decisioning.request import DecideRequest
+from models.errors import ModelError
+
+
+class PropensityScorer(Protocol):
+    """What the cascade needs of a propensity model (see ``models/learning/scoring.py``)."""
+
+    version: str
+
+    def features(
+        self, profile: Profile, context: dict, candidates: Sequence[Candidate], now: float
+    ) -> np.ndarray: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+# -- the cascade ----------------------------------------------------------------------
+
+
+class _Screen:
+    """One request after the rule cascade: survivors waiting for propensities."""
+
+    __slots__ = ("context", "ledger", "profile", "removed", "request", "survivors", "to_score")
+
+    def __init__(
+        self, profile: Profile, request: DecideRequest, context: dict, ledger: ContactLedger
+    ) -> None:
+        self.profile = profile
+        self.request = request
+        self.context = context  # as the model sees it; rules see context.channel per channel
+        self.ledger = ledger
+        self.survivors: list[tuple[CandidateSpec, dict]] = []
+        self.to_score: list[CandidateSpec] = []  # survivors without a fixed propensity
+        self.removed: list[dict] | None = [] if request.explain else None
+
+
+def decide(
+    profile: Profile,
+    request: DecideRequest,
+    catalog: Catalog,
+    scorer: PropensityScorer,
+    now: float,
+    session_gap_s: float = 1800.0,
+) -> DecisionRecord:
+    """Decide for one customer (see the module docstring for the cascade)."""
+    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s)[0]
+
+
+def decide_many(
+    items: Sequence[tuple[Profile, DecideRequest]],
+    catalog: Catalog,
+    scorer: PropensityScorer,
+    now: float,
+    session_gap_s: float = 1800.0,
+) -> list[DecisionRecord]:
+    """Decide for many requests with one model run over all their candidates."""
+    screens = [_screen(p, r, catalog, now, session_gap_s) for p, r in items]
+    blocks: list[np.ndarray] = []
+    for s in screens:
+        if s.to_score:
+            X = scorer.features(s.profile, s.context, s.to_score, now)
+            if len(X) != len(s.to_score):
+                raise ModelError(
+                    f"features returned {len(X)} rows for {len(s.to_score)} candidates"
+                )
+            blocks.append(X)
+    props: list[float] = []
+    if blocks:
+        X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        P = np.asarray(scorer.predict(X), dtype=np.float64).reshape(-1)
+        if len(P) != len(X):
+            raise ModelError(f"the model returned {len(P)} propensities for {len(X)} rows")
+        props = np.clip(np.nan_to_num(P, nan=0.0), 0.0, 1.0).tolist()
+    version = str(getattr(scorer, "version", ""))
+    out, start = [], 0
+    for s in screens:
+        n = len(s.to_score)
+        out.append(_arbitrate(s, props[start : start + n], catalog, version, now))
+        start += n
+    return out
+
+
+def _screen(
+    profile: Profile, req: DecideRequest, catalog: Catalog, now: float, gap_s: float
+) -> _Screen:
+    t = time.gmtime(now)
+    base = dict(req.context)
+    base.setdefault("device", None)
+    base.setdefault("hour", t.tm_hour)  # a request may pass the customer's local time
+    base.setdefault("weekday", t.tm_wday)
+    base["channel"] = req.channels[0]
+    base["channels"] = req.channels
+    base["placement"] = req.placement
+    base["_session_gap_s"] = gap_s
+    ledger = ContactLedger(catalog.contact_policies, profile, now, catalog.offer_info)
+    s = _Screen(profile, req, base, ledger)
+    survivors, to_score, removed = s.survivors, s.to_score, s.removed
+    n_rules = len(catalog.rules)
+    for ch in req.channels:
+        # Rules see the candidate's channel as context.channel.
+        ctx = base if ch == base["channel"] else {**base, "channel": ch}
+        memo: list = [None] * n_rules  # rules reading no offer.* fact: once per channel
+        for cand in catalog.candidates(ch, req.placement):
+            if not cand.start <= now < cand.end:
+                if removed is not None:
+                    removed.append(
+                        _removed(cand, "candidates", "active_dates", _dates(catalog, cand))
+                    )
+                continue
+            hit = None
+            for slot, excludes, rule in cand.checks:
+                if slot < 0:
+                    if excludes(profile, ctx, cand, now):
+                        hit = rule
+                        break
+                    continue
+                excluded = memo[slot]
+                if excluded is None:
+                    excluded = memo[slot] = bool(excludes(profile, ctx, cand, now))
+                if excluded:
+                    hit = rule
+                    break
+            if hit is not None:
+                if removed is not None:
+                    removed.append(_removed(cand, hit.stage, hit.id, hit.reason))
+                continue
+            if cand.contact_policies:
+                policy = ledger.blocking(cand)
+                if policy is not None:
+                    if removed is not None:
+                        removed.append(_removed(cand, "contact", policy.id, policy.reason))
+                    continue
+            survivors.append((cand, ctx))
+            if cand.propensity is None:
+                to_score.append(cand)
+    return s
+
+
+def _arbitrate(
+    s: _Screen, props: list[float], catalog: Catalog, model_version: str, now: float
+) -> DecisionRecord:
+    req, profile = s.request, s.profile
+    rows = []  # (net, priority, p, c, cand)
+    it = iter(props)
+    for cand, ctx in s.survivors:
+        p = cand.propensity if cand.propensity is not None else next(it)
+        c = cand.static_weight
+        for test, weight in cand.weights:
+            if test(profile, ctx, cand, now):
+                c *= weight
+        priority = p * c * cand.value * cand.levers
+        rows.append((priority - cand.cost, priority, p, c, cand))
+    rows.sort(key=_by_net)  # stable: ties keep channel order, then catalogue order
+    explain = req.explain
+    min_priority = catalog.arbitration.min_priority
+    chosen: list[tuple] = []
+    offers_taken: dict[str, str] = {}  # offer id -> channel
+    groups_taken: dict[str, str] = {}  # group -> offer id
+    notes: list[tuple[str, str] | None] = []
+    for row in rows:
+        if not explain and len(chosen) >= req.limit:
+            break
+        net, cand = row[0], row[4]
+        note = None
+        if net < min_priority:
+            note = ("min_priority", f"net value {net:.4g} is under the threshold {min_priority:g}")
+        elif cand.offer_id in offers_taken:
+            note = ("one_per_offer", f"{cand.offer_id} is chosen on {offers_taken[cand.offer_id]}, "
+                    "which has a higher net value")  # fmt: skip
+        elif cand.group in groups_taken:
+            note = ("one_per_group", f"group {cand.group} is taken by {groups_taken[cand.group]}")
+        elif len(chosen) >= req.limit:
+            note = ("limit", f"the request asked for {req.limit} offer(s)")
+        elif chosen and cand.contact_policies:
+            policy = s.ledger.blocking(cand)
+            if policy is not None:
+                note = (policy.id, f"{policy.reason} (counting this decision's offers)")
+        if note is None:
+            chosen.append(row)
+            offers_taken[cand.offer_id] = cand.channel
+            groups_taken[cand.group] = cand.offer_id
+            if req.limit > 1:
+                s.ledger.add(cand)
+        elif not explain and (note[0] in ("min_priority", "limit")):
+            break
+        if explain:
+            notes.append(note)
+    offers = [
+        ChosenOffer(
+            offer_id=c.offer_id, group=c.group, channel=c.channel, treatment=c.treatment_id,
+            placement=c.placement, content=c.content, propensity=round(p, 6),
+            priority=round(pr, 4), value=c.value,
+        )
+        for _, pr, p, _, c in chosen
+    ]  # fmt: skip
+    logged = [
+        {"offer_id": c.offer_id, "channel": c.channel, "treatment": c.treatment_id,
+         "propensity": round(p, 6), "priority": round(pr, 4)}
+        for _, pr, p, _, c in rows
+    ]  # fmt: skip
+    trace = None
+    if explain:
+        trace = list(s.removed or ())
+        trace.extend(
+            _scored(row, rank, note) for rank, (row, note) in enumerate(zip(rows, notes), 1)
+        )
+    return DecisionRecord(
+        decision_id=DecisionRecord.new_id(),
+        customer_id=req.customer_id,
+        ts=now,
+        channels=list(req.channels),
+        catalog_version=catalog.version,
+        model_version=model_version,
+        offers=offers,
+        candidates=logged,
+        trace=trace,
+    )
+
+
+def _by_net(row: tuple) -> float:
+    return -row[0]
+
+
+def _removed(cand: CandidateSpec, stage: str, rule: str, reason: str) -> dict:
+    return {
+        "offer_id": cand.offer_id, "channel": cand.channel, "treatment": cand.treatment_id,
+        "placement": cand.placement, "stage": stage, "rule": rule, "reason": reason,
+        "chosen": False,
+    }  # fmt: skip
+
+
+def _scored(row: tuple, rank: int, note: tuple[str, str] | None) -> dict:
+    net, priority, p, c, cand = row
+    out = {
+        "offer_id": cand.offer_id, "channel": cand.channel, "treatment": cand.treatment_id,
+        "placement": cand.placement, "stage": "arbitration", "p": round(p, 6), "c": round(c, 4),
+        "v": cand.value, "l": cand.levers, "priority": round(priority, 4),
+        "net_value": round(net, 4), "rank": rank, "chosen": note is None,
+    }  # fmt: skip
+    if note is not None:
+        out["rule"], out["reason"] = note
+    return out
+
+
+def _dates(catalog: Catalog, cand: CandidateSpec) -> str:
+    dates = catalog.offers[cand.offer_id].dates
+    return f"offer runs from {dates.get('start', 'always')} to {dates.get('end', 'open end')}"

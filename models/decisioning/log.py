@@ -1,0 +1,62 @@
+"""The decision log: the newest decisions of one shard, by decision id.
+
+Each shard keeps the newest ``capacity`` :class:`DecisionRecord` objects in
+memory (persisted through the shard's journal and snapshots). Responses are
+attributed to them; ``GET /v1/decisions/{id}`` shows their log entries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from models.decisioning.record import DecisionRecord
+
+
+class DecisionLog:
+    """Bounded, insertion-ordered log of decisions."""
+
+    def __init__(self, capacity: int = 10000) -> None:
+        if capacity < 1:
+            raise ValueError("decision log capacity must be >= 1")
+        self.capacity = capacity
+        self._records: OrderedDict[str, DecisionRecord] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: DecisionRecord) -> None:
+        self._records[record.decision_id] = record
+        while len(self._records) > self.capacity:
+            self._records.popitem(last=False)
+
+    def get(self, decision_id: str) -> DecisionRecord | None:
+        return self._records.get(decision_id)
+
+    def attribute(
+        self, decision_id: str, customer_id: str, offer_id: str | None, outcome: str, ts: float
+    ) -> str | None:
+        """Attach an outcome to a logged decision; return the offer it concerns.
+
+        ``offer_id`` defaults to the decision's first chosen offer. Returns
+        None when the decision is unknown (evicted, or another customer's).
+        """
+        record = self._records.get(decision_id)
+        if record is None or record.customer_id != customer_id:
+            return None
+        return record.attribute(offer_id, outcome, ts)
+
+    def for_customer(self, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The customer's log entries, newest first."""
+        out = [r for r in reversed(self._records.values()) if r.customer_id == customer_id]
+        return [r.log_entry() for r in out[:limit]]
+
+    def erase(self, customer_id: str) -> int:
+        """Forget every decision of a customer (right to erasure)."""
+        doomed = [k for k, r in self._records.items() if r.customer_id == customer_id]
+        for k in doomed:
+            del self._records[k]
+        return len(doomed)
+
+    def records(self) -> list[DecisionRecord]:
+        return list(self._records.values())

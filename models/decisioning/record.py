@@ -1,0 +1,180 @@
+"""``DecisionRecord``: the one record of a decision, and its projections.
+
+Everything that describes a decision is derived from this record:
+
+- :meth:`DecisionRecord.answer` is the body of a decide answer;
+- :meth:`DecisionRecord.log_entry` is the decision-log entry
+  (``GET /v1/decisions/{id}``), with every scored candidate, the chosen
+  offers with the probability each was chosen with, and the outcomes
+  attributed to it later;
+- :func:`to_builtins` / :func:`from_builtins` are its journal form.
+
+A fallback answer (the shard missed the deadline) is a record too
+(:meth:`DecisionRecord.fallback`), so it has the same shape.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+MAX_OUTCOMES = 16
+
+# The keys of an offer in a decide answer, in order.
+ANSWER_OFFER_KEYS = ("offer_id", "channel", "treatment", "placement", "content", "propensity",
+                     "priority", "value")  # fmt: skip
+
+
+class ChosenOffer(msgspec.Struct, kw_only=True):
+    """An offer the decision chose, on one channel with one treatment."""
+
+    offer_id: str
+    group: str
+    channel: str
+    treatment: str
+    placement: str | None = None
+    content: Any = None
+    propensity: float | None = None
+    priority: float | None = None
+    value: float | None = None
+    probability: float = 1.0  # with which the policy chose it
+
+    def answer(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ANSWER_OFFER_KEYS}
+
+
+class Outcome(msgspec.Struct):
+    """A response attributed to a decision."""
+
+    offer_id: str
+    outcome: str
+    ts: float
+
+
+class DecisionRecord(msgspec.Struct, kw_only=True):
+    """What was decided for one customer, with what, and what came of it."""
+
+    decision_id: str
+    customer_id: str
+    ts: float
+    channels: list[str]
+    catalog_version: str
+    model_version: str | None
+    offers: list[ChosenOffer]  # empty: "no action"
+    candidates: list[dict] = []  # every scored candidate (offer, channel, treatment, p, priority)
+    fallback: bool = False
+    impressions: bool = False  # its offers were counted as impressions when decided
+    trace: list[dict] | None = None  # with explain: every candidate's fate (never journalled)
+    outcomes: list[Outcome] = []
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    @classmethod
+    def fallback_for(
+        cls,
+        customer_id: str,
+        channels: list[str],
+        offers: list[dict],
+        catalog_version: str,
+        now: float,
+    ) -> DecisionRecord:
+        """The catalogue's fallback answer, for a shard that could not decide in time."""
+        return cls(
+            decision_id=cls.new_id(),
+            customer_id=customer_id,
+            ts=now,
+            channels=channels,
+            catalog_version=catalog_version,
+            model_version=None,
+            offers=[
+                ChosenOffer(
+                    offer_id=o["offer_id"],
+                    group=o.get("group") or o["offer_id"],
+                    channel=o["channel"],
+                    treatment=o["treatment"],
+                    placement=o.get("placement"),
+                    content=o.get("content"),
+                    value=o.get("value"),
+                )
+                for o in offers
+            ],
+            fallback=True,
+        )
+
+    @property
+    def no_action(self) -> bool:
+        return not self.offers
+
+    # -- projections ------------------------------------------------------------------
+
+    def answer(self) -> dict[str, Any]:
+        """The decide answer's body."""
+        out: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "customer_id": self.customer_id,
+            "offers": [o.answer() for o in self.offers],
+            "catalog_version": self.catalog_version,
+            "model_version": self.model_version,
+            "fallback": self.fallback,
+        }
+        if self.fallback:
+            for o in out["offers"]:
+                del o["propensity"], o["priority"]
+        if self.trace is not None:
+            out["trace"] = self.trace
+        return out
+
+    def log_entry(self) -> dict[str, Any]:
+        """The decision-log entry (``GET /v1/decisions/{id}``)."""
+        out: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "customer_id": self.customer_id,
+            "ts": self.ts,
+            "channels": list(self.channels),
+            "catalog_version": self.catalog_version,
+            "model_version": self.model_version,
+            "candidates": self.candidates,
+            "chosen": [
+                {
+                    "offer_id": o.offer_id,
+                    "channel": o.channel,
+                    "treatment": o.treatment,
+                    "probability": o.probability,
+                }
+                for o in self.offers
+            ],
+            "impressions": self.impressions,
+        }
+        if self.outcomes:
+            out["outcomes"] = [msgspec.structs.asdict(o) for o in self.outcomes]
+        return out
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def attribute(self, offer_id: str | None, outcome: str, ts: float) -> str | None:
+        """Attach an outcome; return the offer it concerns (default: the first chosen).
+
+        None when the decision chose nothing and the outcome names no offer.
+        """
+        if offer_id is None:
+            if not self.offers:
+                return None
+            offer_id = self.offers[0].offer_id
+        if len(self.outcomes) < MAX_OUTCOMES:
+            self.outcomes.append(Outcome(offer_id, outcome, ts))
+        return offer_id
+
+
+def to_builtins(record: DecisionRecord) -> dict[str, Any]:
+    """The journal form: plain msgpack-able data, without the explain trace."""
+    data = msgspec.to_builtins(record)
+    data.pop("trace", None)
+    return data
+
+
+def from_builtins(data: dict[str, Any]) -> DecisionRecord:
+    return msgspec.convert(data, DecisionRecord)

@@ -1,0 +1,42 @@
+"""The Ray Serve deployment: one replica = one :class:`Ingress` and its app.
+
+Serve builds the ASGI app after the constructor (``__serve_build_asgi_app__``),
+so each replica's app is made by :func:`serving.app.create_app` from its own
+settings, with no module-level state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from models.settings import Settings
+from serving.app import create_app
+from serving.ingress import Ingress
+
+
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=5,
+)
+@serve.ingress()
+class IngressDeployment:
+    """One stateless ingress replica."""
+
+    def __init__(self, settings: dict) -> None:
+        self.ingress = Ingress(Settings.from_dict(settings))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.ingress)
+
+
+def build_app(settings: Settings) -> Any:
+    """The Serve application for these settings (used by the CLI and the tests)."""
+    return IngressDeployment.options(
+        num_replicas=settings.ingress_replicas,
+        # Let requests reach our own bound, which answers with a JSON 503.
+        max_ongoing_requests=settings.max_inflight_per_replica + 64,
+    ).bind(settings.to_dict())

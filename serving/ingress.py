@@ -1,0 +1,166 @@
+"""``Ingress``: what one ingress replica holds, and the steps routes are made of.
+
+A replica is stateless in the sense that matters (all customer state lives in
+the shards), but it holds caches and counters: the :class:`ShardRegion`
+(topology), the :class:`IdentityResolver` (identifier cache), the
+:class:`DecideCoalescer` (batches in flight) and the active catalogue (for
+request validation and fallbacks). Routes (``serving/routes/``) read top to
+bottom: decode → resolve the customer → call the owning shard → encode; the
+steps they share live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from actors.replies import Expired
+from models.customer.events import Event
+from models.decisioning.catalog import Catalog, load_catalog
+from models.decisioning.record import DecisionRecord
+from models.decisioning.request import DecideRequest
+from models.errors import IdentityConflict, Unavailable
+from models.identity.config import IdentityConfig
+from models.settings import Settings
+from serving.coalesce import DecideCoalescer
+from serving.identity import IdentityResolver
+from serving.region import ShardRegion
+
+
+class Ingress:
+    """One replica's caches, counters and shared route steps."""
+
+    def __init__(self, settings: Settings, metrics: bool = True) -> None:
+        self.settings = settings
+        self.region = ShardRegion(settings)
+        self.identity_config = IdentityConfig.from_settings_value(settings.identity or None)
+        self.identity = IdentityResolver(self.region, self.identity_config)
+        self.region.on_moved = self.identity.moved
+        self.coalescer = DecideCoalescer(
+            self.region,
+            settings.coalesce_max_batch,
+            max_calls=settings.coalesce_max_calls,
+            max_queue=settings.max_inflight_per_shard,
+        )
+        self.catalog: Catalog | None = None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.inflight = 0
+        self.fallbacks = 0
+        self.fallback_counter: Any = None
+        if metrics:
+            from ray.serve import metrics as serve_metrics
+
+            # Exported with Ray's metrics (Prometheus) as ray_rtim_decide_fallbacks.
+            self.fallback_counter = serve_metrics.Counter(
+                "rtim_decide_fallbacks",
+                description="Decides answered with the catalogue fallback (deadline missed "
+                "or shard unavailable).",
+            )
+
+    async def ready(self) -> Ingress:
+        """Connect to the coordinator on first use (replicas start before it answers)."""
+        if not self._started:
+            async with self._start_lock:
+                if not self._started:
+                    await self.region.start()
+                    self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
+                    self._started = True
+        return self
+
+    async def refresh_catalog(self, records: list[Any]) -> None:
+        """A shard decided with a catalogue we do not have: fetch the active one."""
+        for r in records:
+            known = self.catalog.version if self.catalog is not None else None
+            if isinstance(r, DecisionRecord) and r.catalog_version != known:
+                self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
+                return
+
+    # -- recognition ------------------------------------------------------------------
+
+    def with_customer_id(
+        self, identifiers: dict, customer_id: str | None, field: str = "customer_id"
+    ) -> dict:
+        """``customer_id`` beside identifiers is the ``customer_id_type`` identifier."""
+        cid_type = self.identity_config.customer_id_type
+        if not customer_id or cid_type is None:
+            return identifiers
+        if identifiers.get(cid_type, customer_id) != customer_id:
+            raise IdentityConflict(
+                f"customer_id and identifiers.{cid_type} name different customers", field
+            )
+        return {cid_type: customer_id, **identifiers}
+
+    async def recognise(self, events: list[Event]) -> tuple[list[Event], dict[str, Any]]:
+        """Resolve events that carry identifiers to profile ids (linking as needed)."""
+        out: list[Event] = []
+        merged: list[str] = []
+        dropped: list[str] = []
+        for i, ev in enumerate(events):
+            if ev.identifiers:
+                ids = self.with_customer_id(
+                    dict(ev.identifiers), ev.customer_id or None, f"events[{i}].customer_id"
+                )
+                pid, rep = await self.identity.resolve(ids, f"events[{i}].identifiers")
+                merged += rep.get("merged", [])
+                dropped += rep.get("dropped_identifiers", [])
+                ev = ev._replace(customer_id=pid)
+            out.append(ev)
+        report: dict[str, Any] = {}
+        if merged:
+            report["merged"] = merged
+        if dropped:
+            report["dropped_identifiers"] = dropped
+        return out, report
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def deadline_s(self, req: DecideRequest) -> float:
+        deadline_s = (req.deadline_ms or self.settings.decide_deadline_ms) / 1000.0
+        return min(deadline_s, self.settings.shard_call_timeout_s)
+
+    async def decide(self, req: DecideRequest) -> DecisionRecord:
+        """The owning shard's decision, or the catalogue's fallback when it cannot answer
+        within the deadline (late, down, restarting or unable to write)."""
+        deadline_s = self.deadline_s(req)
+        try:
+            outcome = await asyncio.wait_for(
+                self.coalescer.decide(req, time.time() + deadline_s), timeout=deadline_s
+            )
+        except asyncio.TimeoutError:
+            return self.fallback(req)
+        except Unavailable as exc:
+            if exc.code == "overloaded":
+                raise
+            return self.fallback(req)
+        if isinstance(outcome, Expired):
+            return self.fallback(req)
+        await self.refresh_catalog([outcome])
+        return outcome
+
+    def fallback(self, req: DecideRequest) -> DecisionRecord:
+        """The catalogue's fallback answer, for a shard that missed the deadline."""
+        assert self.catalog is not None
+        self.fallbacks += 1
+        if self.fallback_counter is not None:
+            self.fallback_counter.inc()
+        offers = self.catalog.fallback_offers(req.channels)[: req.limit]
+        return DecisionRecord.fallback_for(
+            req.customer_id, list(req.channels), offers, self.catalog.version, time.time()
+        )
+
+    def counters(self) -> dict[str, Any]:
+        c, i = self.coalescer, self.identity
+        return {
+            "decide_fallbacks": self.fallbacks,
+            "inflight": self.inflight,
+            "coalesced_batches": c.batches,
+            "coalesced_requests": c.requests,
+            "mean_batch": round(c.requests / c.batches, 2) if c.batches else None,
+            "map_reroutes": self.region.reroutes,
+            "identity_lookups": i.lookups,
+            "identity_cache_hits": i.hits,
+            "identity_merges": i.merges,
+            "catalog_version": self.catalog.version if self.catalog else None,
+        }

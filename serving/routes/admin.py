@@ -1,0 +1,101 @@
+"""Admin routes: replace the catalogue, list and activate models, snapshot, counters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from models.decisioning.catalog import load_catalog
+from models.errors import CatalogError, RtimError, ValidationError
+from models.learning.registry import ModelRegistry, scorer_for_version
+from serving import schema
+from serving.codec import read_body
+from serving.routes.common import API, answer, ingress_of
+
+router = APIRouter(prefix=f"{API}/admin", tags=["admin"])
+
+
+@router.put(
+    "/catalog",
+    summary="Replace the catalogue (validated, then swapped on every shard)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def put_catalog(request: Request) -> Response:
+    ing = await ingress_of(request)
+    data = await read_body(request, ing.settings.max_body_bytes, yaml_ok=True)
+    if not isinstance(data, dict):
+        # Never a path or text for load_catalog to open on the server.
+        raise CatalogError("a catalogue must be a mapping (JSON object or YAML)", None)
+    catalog = load_catalog(data)  # CatalogError → 422 naming offer, rule and field
+    result = await ing.region.coordinator.set_catalog.remote(catalog.to_dict())
+    failed = [r for r in result["shards"] if "error" in r]
+    ing.catalog = catalog
+    return answer(request, {**result, "failed": failed}, 503 if failed else 200)
+
+
+@router.get("/models", summary="Model versions")
+async def list_models(request: Request) -> Response:
+    ing = await ingress_of(request)
+    versions = await ing.region.coordinator.versions.remote()
+    try:
+        available = ModelRegistry(ing.settings.model_registry).versions()
+    except RtimError:
+        available = []
+    shards = await ing.region.broadcast("versions")
+    body = {"active": versions["model_version"], "available": available, "shards": shards}
+    return answer(request, body)
+
+
+@router.post(
+    "/models",
+    summary="Load and activate a model version on every shard",
+    openapi_extra=schema.body(
+        {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}
+    ),
+)
+async def activate_model(request: Request) -> Response:
+    ing = await ingress_of(request)
+    body = await read_body(request, ing.settings.max_body_bytes)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str) or not version:
+        raise ValidationError('body must be {"version": "<model version>"}', "version")
+    assert ing.catalog is not None
+    # Load it here first: a model that does not match its manifest is
+    # refused before any shard switches.
+    await asyncio.to_thread(
+        scorer_for_version, ing.settings.model_registry, version, ing.catalog.group_of
+    )
+    result = await ing.region.coordinator.set_model.remote(version)
+    failed = [r for r in result["shards"] if "error" in r]
+    return answer(request, {**result, "failed": failed}, 503 if failed else 200)
+
+
+@router.post("/snapshot", summary="Snapshot every shard now and compact its journal")
+async def snapshot(request: Request) -> Response:
+    ing = await ingress_of(request)
+    results = await ing.region.broadcast("snapshot", timeout_s=300.0)
+    return answer(request, {"shards": results})
+
+
+@router.get("/ingress", summary="Counters of the ingress replica that answers")
+async def ingress_stats(request: Request) -> Response:
+    ing = await ingress_of(request)
+    return answer(request, ing.counters())
+
+
+@router.get("/shards", summary="Shard statistics")
+async def shard_stats(request: Request) -> Response:
+    ing = await ingress_of(request)
+    stats = await ing.region.broadcast("stats")
+    return answer(request, {"epoch": ing.region.epoch, "shards": stats})

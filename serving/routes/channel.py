@@ -1,0 +1,102 @@
+"""Channel routes: record events, decide for one customer or many, read decisions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from models.customer.events import parse_event_batch
+from models.decisioning.request import parse_decide_batch, parse_decide_request
+from models.errors import NotFound, ValidationError
+from models.identity.config import parse_identifiers
+from serving import schema
+from serving.codec import read_body
+from serving.routes.common import API, answer, ingress_of
+
+router = APIRouter()
+
+
+@router.post(
+    f"{API}/events",
+    tags=["events"],
+    summary="Record customer events",
+    openapi_extra=schema.body(
+        schema.EVENTS_BODY,
+        "A batch is validated whole: one invalid event rejects the batch and "
+        "nothing of it is applied. Answered after every owning shard applied its part.",
+    ),
+)
+async def events(request: Request) -> Response:
+    ing = await ingress_of(request)
+    s = ing.settings
+    body = await read_body(request, s.max_body_bytes)
+    batch = parse_event_batch(
+        body, s.max_batch_events, None, s.max_future_skew_s, ing.identity_config
+    )
+    batch, report = await ing.recognise(batch)
+    applied, dups = await ing.region.apply_events(batch)
+    out: dict = {"accepted": len(batch), "applied": applied, "duplicates": dups}
+    if report:
+        out["identity"] = report
+    return answer(request, out)
+
+
+@router.post(
+    f"{API}/decide",
+    tags=["decisions"],
+    summary="Next best action for one customer",
+    openapi_extra=schema.body(
+        schema.DECIDE_BODY,
+        "An empty `offers` list means no message. `explain: true` adds the trace. "
+        "If the owning shard cannot answer within `deadline_ms` the catalogue's "
+        "fallback is returned with `fallback: true`.",
+    ),
+)
+async def decide(request: Request) -> Response:
+    ing = await ingress_of(request)
+    body = await read_body(request, ing.settings.max_body_bytes)
+    if isinstance(body, dict) and "identifiers" in body:
+        body = dict(body)
+        ids = parse_identifiers(body.pop("identifiers"), "identifiers", ing.identity_config)
+        cid = body.get("customer_id")
+        if cid is not None and (not isinstance(cid, str) or not cid):
+            raise ValidationError("customer_id must be a non-empty string", "customer_id")
+        ids = ing.with_customer_id(ids, cid)
+        body["customer_id"], _ = await ing.identity.resolve(ids, "identifiers")
+    req = parse_decide_request(body, ing.catalog, ing.settings.max_decide_limit)
+    record = await ing.decide(req)
+    return answer(request, record.answer())
+
+
+@router.post(
+    f"{API}/decide/batch",
+    tags=["decisions"],
+    summary="Decisions for many customers (outbound campaigns)",
+    openapi_extra=schema.body(
+        schema.DECIDE_BATCH_BODY,
+        'Either `{"requests": [decide bodies]}` or `{"customer_ids": [...], '
+        "...shared decide fields}`. Answers are in request order.",
+    ),
+)
+async def decide_batch(request: Request) -> Response:
+    ing = await ingress_of(request)
+    s = ing.settings
+    body = await read_body(request, s.max_body_bytes)
+    reqs = parse_decide_batch(body, ing.catalog, s.max_batch_decisions, s.max_decide_limit)
+    records = await ing.region.decide_batch(reqs)
+    await ing.refresh_catalog(records)
+    return answer(request, {"decisions": [r.answer() for r in records]})
+
+
+@router.get(
+    f"{API}/decisions/{{decision_id}}",
+    tags=["decisions"],
+    summary="A logged decision with its candidates, scores and outcomes",
+)
+async def get_decision(decision_id: str, request: Request) -> Response:
+    ing = await ingress_of(request)
+    for entry in await ing.region.broadcast("get_decision", decision_id):
+        if entry is not None:
+            return answer(request, entry)
+    raise NotFound(f"no logged decision {decision_id!r}", "decision_id")
