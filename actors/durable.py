@@ -163,7 +163,8 @@ class DurableState:
         self.maybe_snapshot()
 
     async def record(self, *records: JournalRecord) -> None:
-        """Append ``records`` and wait until they are durable."""
+        """Append ``records`` and wait until they are durable (``Unavailable`` if not)."""
+        self.check()
         for rec in records:
             self.append(rec)
         await self.commit()

@@ -1,14 +1,23 @@
 """``Handover``: profiles leaving a shard (merged into another) and arriving.
 
 When identities are linked, an absorbed profile is handed over to the
-surviving profile's shard. The old owner journals :class:`ProfileMovedOut`
-(with the profile's bytes) before it answers, deletes the profile and keeps a
-tombstone ``absorbed → survivor``: later calls for the absorbed id are answered
-:class:`~actors.replies.Moved` and follow it. The bytes are then pushed to the
-survivor's shard, which merges them idempotently (:class:`ProfileMergedIn`);
-once that is acknowledged the old owner journals :class:`MoveDelivered`. A
-push that failed (survivor's shard restarting) is retried by the shard's timer,
-after a crash too, since the pending hand-over is in the journal.
+surviving profile's shard. This is a small saga whose durable intent is the
+absorbed profile's shard's journal record :class:`ProfileMovedOut`:
+
+1. **Decide** (compare-and-set): the first hand-over of a profile wins. The
+   old owner journals :class:`ProfileMovedOut` (with the profile's bytes),
+   deletes the profile and keeps a tombstone ``absorbed → survivor``; later
+   calls for the absorbed id are answered :class:`~actors.replies.Moved`. A
+   second hand-over to *another* survivor is refused with ``Moved`` (the
+   caller re-plans: it lost the race); one to the same survivor resumes.
+2. **Deliver**: the bytes are pushed to the survivor's shard, which merges
+   them idempotently (:class:`ProfileMergedIn`); then :class:`MoveDelivered`.
+3. **Repoint**: every identity shard moves the absorbed profile's
+   identifiers to the survivor (idempotent); then :class:`IdentifiersRepointed`.
+
+Steps 2 and 3 run at once when they can, and otherwise are retried by the
+shard's timer until done, after a crash too (the intent is in the journal).
+A merge is never rolled back once step 1 is durable.
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ class ProfileMergedIn(JournalRecord):
     now: float
 
 
+@journal_record("repointed")
+@dataclass(frozen=True, slots=True)
+class IdentifiersRepointed(JournalRecord):
+    absorbed: str
+
+
 @journal_record("unmove")
 @dataclass(frozen=True, slots=True)
 class MovesForgotten(JournalRecord):
@@ -60,14 +75,21 @@ class MovesForgotten(JournalRecord):
 
 @dataclass(frozen=True, slots=True)
 class HandedOver:
-    """Answer to a hand-over: where the profile went, and whether it arrived."""
+    """Answer to a hand-over: where the profile went, and which steps are done."""
 
     to: str
-    delivered: bool
+    delivered: bool  # the profile's data is merged into the survivor
+    repointed: bool  # its identifiers name the survivor
+
+    @property
+    def complete(self) -> bool:
+        return self.delivered and self.repointed
 
 
 # (survivor, absorbed, blob) -> the survivor shard's answer: True, Moved or a refusal
 Deliver = Callable[[str, str, bytes], Awaitable[Any]]
+# (absorbed, survivor) -> True once every identity shard repointed
+Repoint = Callable[[str, str], Awaitable[bool]]
 
 
 class Handover:
@@ -77,16 +99,28 @@ class Handover:
         self.session_gap_s = session_gap_s
         self.moved: dict[str, str] = {}  # merged-away profile -> the profile it went to
         self.pending: dict[str, list] = {}  # absorbed -> [survivor, blob] not yet delivered
+        self.unrepointed: dict[str, str] = {}  # absorbed -> survivor, identifiers not yet moved
 
     def reset(self) -> None:
-        self.moved, self.pending = {}, {}
+        self.moved, self.pending, self.unrepointed = {}, {}, {}
 
     def load_snapshot(self, state: dict) -> None:
         self.moved.update(state.get("moved", {}))
         self.pending.update(state.get("pending_moves", {}))
+        self.unrepointed.update(state.get("unrepointed", {}))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"moved": dict(self.moved), "pending_moves": dict(self.pending)}
+        return {
+            "moved": dict(self.moved),
+            "pending_moves": dict(self.pending),
+            "unrepointed": dict(self.unrepointed),
+        }
+
+    def state_of(self, absorbed: str) -> HandedOver | None:
+        to = self.moved.get(absorbed)
+        if to is None:
+            return None
+        return HandedOver(to, absorbed not in self.pending, absorbed not in self.unrepointed)
 
     def moved_to(self, customer_id: str) -> Moved | None:
         to = self.moved.get(customer_id)
@@ -97,11 +131,15 @@ class Handover:
     def move_out(self, store: ProfileStore, rec: ProfileMovedOut) -> None:
         store.delete(rec.absorbed)
         self.moved[rec.absorbed] = rec.survivor
+        self.unrepointed[rec.absorbed] = rec.survivor
         if rec.blob:
             self.pending[rec.absorbed] = [rec.survivor, rec.blob]
 
     def delivered(self, rec: MoveDelivered) -> None:
         self.pending.pop(rec.absorbed, None)
+
+    def repointed(self, rec: IdentifiersRepointed) -> None:
+        self.unrepointed.pop(rec.absorbed, None)
 
     def merge_in(self, store: ProfileStore, rec: ProfileMergedIn) -> None:
         p = store.get_or_new(rec.survivor)
@@ -115,6 +153,7 @@ class Handover:
         for a in doomed:
             del self.moved[a]
             self.pending.pop(a, None)
+            self.unrepointed.pop(a, None)
         return len(doomed)
 
     # -- delivery ---------------------------------------------------------------------
@@ -141,3 +180,20 @@ class Handover:
             await durable.record(rec)
             return True
         return False
+
+    async def repoint(self, absorbed: str, durable: DurableState, repoint: Repoint) -> bool:
+        """Move the absorbed profile's identifiers to the survivor; True once done."""
+        survivor = self.unrepointed.get(absorbed)
+        if survivor is None:
+            return True
+        try:
+            done = await repoint(absorbed, survivor)
+        except Exception as exc:  # an identity shard is restarting
+            log.warning("repoint of %s to %s failed (%s)", absorbed, survivor, exc)
+            return False
+        if not done:
+            return False
+        rec = IdentifiersRepointed(absorbed)
+        self.repointed(rec)
+        await durable.record(rec)
+        return True

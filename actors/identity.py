@@ -92,9 +92,13 @@ class IdentityShardImpl:
         for key, pid, ts in rec.entries:
             self.table.claim(key, pid, ts)
 
-    async def _record(self, *records: Any) -> ShardUnavailable | None:
+    def _ensure_timer(self) -> None:
+        """Start the loop that snapshots when due and retries a failed recovery."""
         if self.timer is None:
             self.timer = asyncio.get_running_loop().create_task(self._timer_loop())
+
+    async def _record(self, *records: Any) -> ShardUnavailable | None:
+        self._ensure_timer()
         try:
             await self.durable.record(*records)
         except Unavailable as exc:
@@ -113,6 +117,7 @@ class IdentityShardImpl:
     # -- API ----------------------------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
+        self._ensure_timer()  # the coordinator pings every shard at start
         return {"identity_shard": self.index, "identifiers": len(self.table),
                 "degraded": self.durable.degraded}  # fmt: skip
 
@@ -147,10 +152,13 @@ class IdentityShardImpl:
         failed = await self._record(ProfileRepointed(old, new)) if moved else None
         return failed or moved
 
-    async def release(self, keys: list[str]) -> list[str] | ShardUnavailable:
+    async def release(
+        self, keys: list[str], owner: str | None = None
+    ) -> list[str] | ShardUnavailable:
+        """Unmap ``keys`` (only those ``owner`` holds, if given); answer those unmapped."""
         if (down := self._unavailable()) is not None:
             return down
-        released = self.table.release(keys)
+        released = self.table.release(keys, owner)
         failed = await self._record(IdentifiersReleased(released)) if released else None
         return failed or released
 

@@ -33,6 +33,7 @@ from actors.durable import DurableState
 from actors.handover import (
     HandedOver,
     Handover,
+    IdentifiersRepointed,
     MoveDelivered,
     MovesForgotten,
     ProfileMergedIn,
@@ -40,7 +41,7 @@ from actors.handover import (
 )
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
-from actors.replies import Expired, Failed, Moved, ShardUnavailable, StaleEpoch
+from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
@@ -51,6 +52,7 @@ from models.settings import Settings
 log = logging.getLogger("rtim.shard")
 
 NAMESPACE = "rtim"
+STEP_TIMEOUT_S = 2.0  # a hand-over step waits this long for another shard, then the timer retries
 
 Refused = StaleEpoch | ShardUnavailable
 
@@ -77,7 +79,9 @@ class ProfileShardImpl:
         self.index = index
         self.settings = Settings.from_dict(settings)
         self.ownership = Ownership(index, pmap)
-        self.profiles = ProfileBook(self.settings.session_gap_s)
+        # Erasure tombstones outlive every replica's cached identifier lookups.
+        tombstone_s = 2 * self.settings.identity_cache_ttl_s + 60
+        self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
         self.engine = DecisionEngine(self.settings, catalog, model_version)
         self.handover = Handover(self.settings.session_gap_s)
         self.durable = DurableState(
@@ -93,6 +97,7 @@ class ProfileShardImpl:
                 ModelActivated: lambda r: self.engine.activate_model(r.version, strict=False),
                 ProfileMovedOut: lambda r: self.handover.move_out(self.profiles.store, r),
                 MoveDelivered: self.handover.delivered,
+                IdentifiersRepointed: self.handover.repointed,
                 ProfileMergedIn: lambda r: self.handover.merge_in(self.profiles.store, r),
                 MovesForgotten: self.handover.forget,
             },
@@ -100,7 +105,7 @@ class ProfileShardImpl:
         self.started_at = time.time()
         self.slow_s = 0.0  # test hook: artificial delay in decide and events
         self.timer: asyncio.Task | None = None
-        self._peers: list[Any] = []
+        self._topology: dict[str, Any] = {}
         self.durable.recover()
 
     # -- what DurableState needs --------------------------------------------------------
@@ -130,7 +135,7 @@ class ProfileShardImpl:
             self.profiles.store.put(p)
 
     def _erase(self, rec: ProfileErased) -> bool:
-        deleted = self.profiles.erase(rec.customer_id)
+        deleted = self.profiles.erase(rec)
         return bool(self.engine.erase(rec.customer_id)) or deleted
 
     # -- guards and timer -----------------------------------------------------------------
@@ -149,18 +154,38 @@ class ProfileShardImpl:
         while True:
             await asyncio.sleep(1.0)
             self.durable.tick()
+            self.profiles.prune(time.time())
             if self.durable.degraded is None and self.durable.recovered:
                 for absorbed in list(self.handover.pending):
                     await self._deliver(absorbed)
+                for absorbed in list(self.handover.unrepointed):
+                    await self._repoint(absorbed)
 
-    async def _peer(self, index: int) -> Any:
-        """A peer shard's handle, from the coordinator's topology (the one directory)."""
-        if not self._peers:
+    async def _topo(self) -> dict[str, Any]:
+        """Peer and identity shard handles, from the coordinator (the one directory)."""
+        if not self._topology:
             from actors.coordinator import COORDINATOR_NAME
 
             coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-            self._peers = (await coordinator.topology.remote())["shards"]
-        return self._peers[index]
+            self._topology = await coordinator.topology.remote()
+        return self._topology
+
+    async def _peer(self, index: int) -> Any:
+        return (await self._topo())["shards"][index]
+
+    async def _repoint_identifiers(self, absorbed: str, survivor: str) -> bool:
+        handles = (await self._topo())["identity_shards"]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(h.repoint_profile.remote(absorbed, survivor) for h in handles)),
+            STEP_TIMEOUT_S,
+        )
+        return all(isinstance(r, list) for r in results)
+
+    async def _repoint(self, absorbed: str) -> bool:
+        try:
+            return await self.handover.repoint(absorbed, self.durable, self._repoint_identifiers)
+        except Unavailable:
+            return False
 
     async def _send_merge(self, survivor: str, absorbed: str, blob: bytes) -> Any:
         index = self.ownership.owner_of(survivor)
@@ -168,7 +193,9 @@ class ProfileShardImpl:
         if index == self.index:
             return await self.merge_in(survivor, absorbed, blob, epoch)
         peer = await self._peer(index)
-        return await peer.merge_in.remote(survivor, absorbed, blob, epoch)
+        return await asyncio.wait_for(
+            peer.merge_in.remote(survivor, absorbed, blob, epoch), STEP_TIMEOUT_S
+        )
 
     async def _deliver(self, absorbed: str) -> bool:
         try:
@@ -231,14 +258,17 @@ class ProfileShardImpl:
     # -- profiles -------------------------------------------------------------------------
 
     async def apply_events(
-        self, events: list[Event] | bytes, epoch: int
+        self, events: list[Event] | bytes, cached: list[str] | None, epoch: int
     ) -> dict[str, Any] | Refused:
         """Apply a batch of events owned by this shard, durably, in order.
 
         ``events`` may come msgpack-packed (a list of Event field lists): the
         ingress packs once, and the same bytes go into the journal. Events for
         a profile merged away are not applied; the answer's ``moved`` lists
-        ``[index, survivor]`` for each, for the caller to send on.
+        ``[index, survivor]`` for each, for the caller to send on. ``cached``
+        names the profile ids the caller found in its identifier cache; events
+        for such an id that was erased are not applied either (``erased``
+        lists their indexes): the caller must resolve their identifiers again.
         """
         packed = events if isinstance(events, bytes) else None
         batch = unpack_events(events) if packed is not None else list(events)
@@ -252,8 +282,11 @@ class ProfileShardImpl:
         moved = self.handover.moved
         forward = [[i, moved[ev.customer_id]] for i, ev in enumerate(batch)
                    if ev.customer_id in moved]  # fmt: skip
-        if forward:
-            gone = {i for i, _ in forward}
+        erased = [i for i, ev in enumerate(batch)
+                  if cached and ev.customer_id in cached
+                  and self.profiles.recently_erased(ev.customer_id)]  # fmt: skip
+        if forward or erased:
+            gone = {i for i, _ in forward} | set(erased)
             batch = [ev for i, ev in enumerate(batch) if i not in gone]
             packed = None
         applied, dups = self.profiles.apply(batch, now, self.engine.attribute)
@@ -264,7 +297,7 @@ class ProfileShardImpl:
         failed = await self._record()
         if failed:
             return failed
-        return {"applied": applied, "duplicates": dups, "moved": forward}
+        return {"applied": applied, "duplicates": dups, "moved": forward, "erased": erased}
 
     async def get_profile(self, customer_id: str, epoch: int) -> dict | Moved | Refused | None:
         refused = self._refuse(epoch, customer_id)
@@ -277,7 +310,7 @@ class ProfileShardImpl:
         refused = self._refuse(epoch, customer_id)
         if refused:
             return refused
-        erased = ProfileErased(customer_id)
+        erased = ProfileErased(customer_id, time.time())
         deleted = self._erase(erased)
         unmove = MovesForgotten(customer_id)
         unmoved = self.handover.forget(unmove)
@@ -296,7 +329,7 @@ class ProfileShardImpl:
 
     async def decide(
         self, requests: list[DecideRequest], deadlines: list[float] | None, epoch: int
-    ) -> list[DecisionRecord | Moved | Expired] | Refused | Failed:
+    ) -> list[DecisionRecord | Moved | Expired | Erased] | Refused | Failed:
         """Decide for customers of this shard, with one model run for all of them.
 
         ``deadlines`` (epoch seconds, one per request): a request whose
@@ -309,7 +342,7 @@ class ProfileShardImpl:
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
         now = time.time()
-        answers: list[DecisionRecord | Moved | Expired] = []
+        answers: list[DecisionRecord | Moved | Expired | Erased] = []
         live: list[int] = []
         profiles: dict[str, Profile] = {}
         items: list[tuple[Profile, DecideRequest]] = []
@@ -318,6 +351,8 @@ class ProfileShardImpl:
             moved = self.handover.moved_to(cid)
             if moved is not None:
                 answers.append(moved)
+            elif req.via_cache and self.profiles.recently_erased(cid):
+                answers.append(Erased(cid))
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
             else:
@@ -352,27 +387,32 @@ class ProfileShardImpl:
 
     # -- merges (identity resolution) -----------------------------------------------------
 
-    async def move_out(self, absorbed: str, survivor: str, epoch: int) -> HandedOver | Refused:
-        """Hand a profile over to ``survivor`` (merge) and leave a tombstone.
+    async def move_out(
+        self, absorbed: str, survivor: str, epoch: int
+    ) -> HandedOver | Moved | Refused:
+        """Hand a profile over to ``survivor`` (merge): the saga of ``actors/handover.py``.
 
-        Journalled before it answers, so a crash before the survivor's shard
-        merged it is finished by the retry loop after recovery. A profile
-        already handed over answers where it went.
+        The first hand-over of a profile wins; it is journalled before any
+        step runs, so a crash leaves it to be completed by the timer. Asked
+        again for the same survivor, it resumes the steps and answers what is
+        done; asked for another survivor, it answers ``Moved`` to the winner.
         """
         refused = self._refuse(epoch, absorbed)
         if refused:
             return refused
         self._ensure_timer()
-        if absorbed in self.handover.moved:
-            to = self.handover.moved[absorbed]
-            return HandedOver(to, absorbed not in self.handover.pending)
-        rec = ProfileMovedOut(absorbed, survivor, self.profiles.store.blob(absorbed))
-        self.handover.move_out(self.profiles.store, rec)
-        failed = await self._record(rec)
-        if failed:
-            return failed
+        state = self.handover.state_of(absorbed)
+        if state is not None and state.to != survivor:
+            return Moved(state.to)
+        if state is None:
+            rec = ProfileMovedOut(absorbed, survivor, self.profiles.store.blob(absorbed))
+            self.handover.move_out(self.profiles.store, rec)
+            failed = await self._record(rec)
+            if failed:
+                return failed
         delivered = await self._deliver(absorbed)
-        return HandedOver(survivor, delivered)
+        repointed = await self._repoint(absorbed)
+        return HandedOver(survivor, delivered, repointed)
 
     async def merge_in(
         self, survivor: str, absorbed: str, blob: bytes, epoch: int

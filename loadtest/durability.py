@@ -70,7 +70,7 @@ async def ingest_rate(s: ProfileShardImpl, customers: list[str], seconds: float)
         nonlocal done
         i = k * 1_000_000
         while time.perf_counter() < stop:
-            await s.apply_events(batch(customers, i), 1)
+            await s.apply_events(batch(customers, i), None, 1)
             i += 100
             done += 100
 
@@ -98,7 +98,7 @@ async def run(profiles: int, seconds: float, repeats: int, root: Path) -> dict[s
     s = shard(d, "off")
     ids = [f"p-{i}" for i in range(profiles)]
     for i in range(0, profiles * 3, 1000):
-        await s.apply_events(batch(ids, i, 1000), 1)
+        await s.apply_events(batch(ids, i, 1000), None, 1)
         if i % (profiles // 2 or 1) < 1000:
             print(f"  {i // 3:,}/{profiles:,}", flush=True)
     await s.durable.journal.commit()

@@ -54,14 +54,17 @@ class Settings:
     coalesce_max_batch: int = 64  # decide requests per shard call
     coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)
+    # An ingress replica trusts a cached identifier lookup for at most this long;
+    # shards keep erasure tombstones for twice that (see README, Recognition).
+    identity_cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         positive = (
             "port", "partitions", "ingress_replicas", "max_body_bytes", "max_batch_events",
             "max_batch_decisions", "max_decide_limit", "session_gap_s", "decision_log_size",
             "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
-            "decide_deadline_ms", "max_inflight_per_replica", "max_inflight_per_shard",
-            "coalesce_max_batch", "coalesce_max_calls",
+            "identity_cache_ttl_s", "decide_deadline_ms", "max_inflight_per_replica",
+            "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -12,10 +12,11 @@ steps they share live here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
-from actors.replies import Expired
+from actors.replies import Erased, Expired
 from models.customer.events import Event
 from models.decisioning.catalog import Catalog, load_catalog
 from models.decisioning.record import DecisionRecord
@@ -35,7 +36,9 @@ class Ingress:
         self.settings = settings
         self.region = ShardRegion(settings)
         self.identity_config = IdentityConfig.from_settings_value(settings.identity or None)
-        self.identity = IdentityResolver(self.region, self.identity_config)
+        self.identity = IdentityResolver(
+            self.region, self.identity_config, settings.identity_cache_ttl_s
+        )
         self.region.on_moved = self.identity.moved
         self.coalescer = DecideCoalescer(
             self.region,
@@ -92,27 +95,53 @@ class Ingress:
             )
         return {cid_type: customer_id, **identifiers}
 
-    async def recognise(self, events: list[Event]) -> tuple[list[Event], dict[str, Any]]:
-        """Resolve events that carry identifiers to profile ids (linking as needed)."""
+    async def recognise(
+        self, events: list[Event], use_cache: bool = True
+    ) -> tuple[list[Event], dict[str, list[str]], set[str]]:
+        """Resolve events that carry identifiers to profile ids (linking as needed).
+
+        Returns the events, the identity report (merges, drops) and the
+        profile ids that came from this replica's cache.
+        """
         out: list[Event] = []
-        merged: list[str] = []
-        dropped: list[str] = []
+        report: dict[str, list[str]] = {}
+        cached: set[str] = set()
         for i, ev in enumerate(events):
             if ev.identifiers:
                 ids = self.with_customer_id(
                     dict(ev.identifiers), ev.customer_id or None, f"events[{i}].customer_id"
                 )
-                pid, rep = await self.identity.resolve(ids, f"events[{i}].identifiers")
-                merged += rep.get("merged", [])
-                dropped += rep.get("dropped_identifiers", [])
-                ev = ev._replace(customer_id=pid)
+                res = await self.identity.resolve(ids, f"events[{i}].identifiers", use_cache)
+                for key, values in res.report().items():
+                    report.setdefault(key, []).extend(values)
+                if res.via_cache:
+                    cached.add(res.profile_id)
+                ev = ev._replace(customer_id=res.profile_id)
             out.append(ev)
-        report: dict[str, Any] = {}
-        if merged:
-            report["merged"] = merged
-        if dropped:
-            report["dropped_identifiers"] = dropped
-        return out, report
+        return out, report, cached
+
+    async def record_events(self, events: list[Event]) -> dict[str, Any]:
+        """Recognise, apply and acknowledge a validated batch of events.
+
+        Events whose cached identifier lookup named a profile erased since
+        are resolved again from the identity map and applied to what it says.
+        """
+        batch, report, cached = await self.recognise(events)
+        applied, dups, erased = await self.region.apply_events(batch, cached)
+        if erased:
+            originals = {(e.event_id, r.customer_id): e for e, r in zip(events, batch)}
+            for ev in erased:
+                self.identity.forget_profile(ev.customer_id)
+            retry = [originals[(ev.event_id, ev.customer_id)] for ev in erased]
+            again, more, _ = await self.recognise(retry, use_cache=False)
+            for key, values in more.items():
+                report.setdefault(key, []).extend(values)
+            n, d, _ = await self.region.apply_events(again, set())
+            applied, dups = applied + n, dups + d
+        answer: dict[str, Any] = {"accepted": len(batch), "applied": applied, "duplicates": dups}
+        if report:
+            answer["identity"] = report
+        return answer
 
     # -- deciding ---------------------------------------------------------------------
 
@@ -120,23 +149,38 @@ class Ingress:
         deadline_s = (req.deadline_ms or self.settings.decide_deadline_ms) / 1000.0
         return min(deadline_s, self.settings.shard_call_timeout_s)
 
-    async def decide(self, req: DecideRequest) -> DecisionRecord:
+    async def decide(
+        self, req: DecideRequest, identifiers: dict[str, str] | None = None
+    ) -> DecisionRecord:
         """The owning shard's decision, or the catalogue's fallback when it cannot answer
-        within the deadline (late, down, restarting or unable to write)."""
+        within the deadline (late, down, restarting or unable to write).
+
+        ``identifiers``: what ``req.customer_id`` was resolved from; if a cached
+        lookup named a profile erased since, they are resolved again.
+        """
+        outcome = await self._decide_once(req)
+        if isinstance(outcome, Erased) and identifiers:
+            self.identity.forget_profile(outcome.customer_id)
+            res = await self.identity.resolve(identifiers, "identifiers", use_cache=False)
+            req = dataclasses.replace(req, customer_id=res.profile_id, via_cache=False)
+            outcome = await self._decide_once(req)
+        if not isinstance(outcome, DecisionRecord):
+            return self.fallback(req)
+        await self.refresh_catalog([outcome])
+        return outcome
+
+    async def _decide_once(self, req: DecideRequest) -> DecisionRecord | Expired | Erased:
         deadline_s = self.deadline_s(req)
         try:
             outcome = await asyncio.wait_for(
                 self.coalescer.decide(req, time.time() + deadline_s), timeout=deadline_s
             )
         except asyncio.TimeoutError:
-            return self.fallback(req)
+            return Expired()
         except Unavailable as exc:
             if exc.code == "overloaded":
                 raise
-            return self.fallback(req)
-        if isinstance(outcome, Expired):
-            return self.fallback(req)
-        await self.refresh_catalog([outcome])
+            return Expired()  # down, restarting or unable to write: the fallback answers
         return outcome
 
     def fallback(self, req: DecideRequest) -> DecisionRecord:
@@ -162,5 +206,6 @@ class Ingress:
             "identity_lookups": i.lookups,
             "identity_cache_hits": i.hits,
             "identity_merges": i.merges,
+            "identity_lost_races": i.lost_races,
             "catalog_version": self.catalog.version if self.catalog else None,
         }

@@ -205,26 +205,35 @@ class ShardRegion:
 
     # -- what routes use ------------------------------------------------------------------
 
-    async def apply_events(self, events: Sequence[Event]) -> tuple[int, int]:
+    async def apply_events(
+        self, events: Sequence[Event], cached: set[str] | None = None
+    ) -> tuple[int, int, list[Event]]:
         """Apply a validated batch: one call per owning shard, all in parallel.
 
         Events for a profile that was merged away are sent on to the profile
-        it went to.
+        it went to. ``cached``: profile ids found in the identifier cache;
+        events a shard refused because such a profile was erased are returned
+        (third item) for the caller to resolve again.
         """
         applied = dups = 0
+        erased: list[Event] = []
         pending = list(events)
+        hint = sorted(cached or ())
         for _ in range(MAX_MOVES):
-            results = await self.scatter("apply_events", pending, _customer_of, send=pack_events)
+            results = await self.scatter(
+                "apply_events", pending, _customer_of, hint, send=pack_events
+            )
             pending = []
             for group, r in results:
                 applied += r["applied"]
                 dups += r["duplicates"]
+                erased.extend(group[i] for i in r["erased"])
                 for i, target in r["moved"]:
                     ev = group[i]
                     self.note_moved(ev.customer_id, target)
                     pending.append(ev._replace(customer_id=target))
             if not pending:
-                return applied, dups
+                return applied, dups, erased
         raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
 
     async def decide_on(

@@ -36,6 +36,9 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             "port": free_port(),
             "shards": 2,
             "partitions": 64,
+            # Two ingress replicas with their own caches: every test runs
+            # against both (tests_support.replica_urls addresses each).
+            "ingress_replicas": 2,
             "data_dir": str(data),
             "max_batch_events": 500,
             "max_body_bytes": 256 * 1024,

@@ -33,6 +33,9 @@ class DecideRequest:
     limit: int = 1
     explain: bool = False
     deadline_ms: float | None = None
+    # The customer id came from an ingress replica's cached identifier lookup:
+    # a shard that erased that profile since answers Erased instead of deciding.
+    via_cache: bool = False
 
 
 # -- request parsing ------------------------------------------------------------------

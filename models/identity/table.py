@@ -82,14 +82,20 @@ class IdentityTable:
         """Move every key of an absorbed profile held by this shard."""
         return self.repoint(list(self._keys.get(old_profile_id, ())), new_profile_id)
 
-    def release(self, keys: Iterable[str]) -> list[str]:
-        """Unmap ``keys`` (identifiers dropped by a link); return those that were mapped."""
+    def release(self, keys: Iterable[str], owner: str | None = None) -> list[str]:
+        """Unmap ``keys``; return those that were mapped.
+
+        With ``owner``, only keys that ``owner`` holds now (compare-and-set: a
+        request undoing its own claims never unmaps someone else's).
+        """
         released = []
         for key in keys:
-            owner = self._owner.pop(key, None)
-            if owner is not None:
-                self._pop(owner, key)
-                released.append(key)
+            current = self._owner.get(key)
+            if current is None or (owner is not None and current != owner):
+                continue
+            del self._owner[key]
+            self._pop(current, key)
+            released.append(key)
         return released
 
     def forget_profile(self, profile_id: str) -> list[str]:

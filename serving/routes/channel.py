@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,12 +36,7 @@ async def events(request: Request) -> Response:
     batch = parse_event_batch(
         body, s.max_batch_events, None, s.max_future_skew_s, ing.identity_config
     )
-    batch, report = await ing.recognise(batch)
-    applied, dups = await ing.region.apply_events(batch)
-    out: dict = {"accepted": len(batch), "applied": applied, "duplicates": dups}
-    if report:
-        out["identity"] = report
-    return answer(request, out)
+    return answer(request, await ing.record_events(batch))
 
 
 @router.post(
@@ -56,6 +53,7 @@ async def events(request: Request) -> Response:
 async def decide(request: Request) -> Response:
     ing = await ingress_of(request)
     body = await read_body(request, ing.settings.max_body_bytes)
+    ids, via_cache = None, False
     if isinstance(body, dict) and "identifiers" in body:
         body = dict(body)
         ids = parse_identifiers(body.pop("identifiers"), "identifiers", ing.identity_config)
@@ -63,9 +61,12 @@ async def decide(request: Request) -> Response:
         if cid is not None and (not isinstance(cid, str) or not cid):
             raise ValidationError("customer_id must be a non-empty string", "customer_id")
         ids = ing.with_customer_id(ids, cid)
-        body["customer_id"], _ = await ing.identity.resolve(ids, "identifiers")
+        found = await ing.identity.resolve(ids, "identifiers")
+        body["customer_id"], via_cache = found.profile_id, found.via_cache
     req = parse_decide_request(body, ing.catalog, ing.settings.max_decide_limit)
-    record = await ing.decide(req)
+    if via_cache:
+        req = dataclasses.replace(req, via_cache=True)
+    record = await ing.decide(req, ids)
     return answer(request, record.answer())
 
 

@@ -28,7 +28,12 @@ def ev(cid: str, etype: str = "page_view", **attrs) -> Event:
 async def test_state_survives_a_new_instance_on_the_same_directory(tmp_path: Path) -> None:
     shard = make(tmp_path)
     batch = [ev("a"), ev("a"), ev("b", "profile_update", age=30)]
-    assert await shard.apply_events(batch, 1) == {"applied": 3, "duplicates": 0, "moved": []}
+    assert await shard.apply_events(batch, None, 1) == {
+        "applied": 3,
+        "duplicates": 0,
+        "moved": [],
+        "erased": [],
+    }
     out = await shard.decide([DecideRequest("a", ("web",))], None, 1)
     did = out[0].decision_id
     assert (await shard.delete_profile("b", 1)) is True
@@ -39,15 +44,20 @@ async def test_state_survives_a_new_instance_on_the_same_directory(tmp_path: Pat
     assert (await again.get_profile("a", 1))["counters"]["page_view"]["1h"] == 2
     assert await again.get_profile("b", 1) is None
     assert (await again.get_decision(did))["customer_id"] == "a"
-    assert await again.apply_events(batch[:2], 1) == {"applied": 0, "duplicates": 2, "moved": []}
+    assert await again.apply_events(batch[:2], None, 1) == {
+        "applied": 0,
+        "duplicates": 2,
+        "moved": [],
+        "erased": [],
+    }
 
 
 async def test_snapshot_then_recovery_uses_it(tmp_path: Path) -> None:
     shard = make(tmp_path)
-    await shard.apply_events([ev("a") for _ in range(5)], 1)
+    await shard.apply_events([ev("a") for _ in range(5)], None, 1)
     snap = await shard.snapshot()
     assert snap["profiles"] == 1
-    await shard.apply_events([ev("a")], 1)
+    await shard.apply_events([ev("a")], None, 1)
     shard.durable.close()
     again = make(tmp_path)
     assert again.durable.recovery["replayed_records"] == 1
@@ -56,7 +66,7 @@ async def test_snapshot_then_recovery_uses_it(tmp_path: Path) -> None:
 
 async def test_wrong_epoch_is_refused_as_stale(tmp_path: Path) -> None:
     shard = make(tmp_path)
-    assert await shard.apply_events([ev("a")], 7) == StaleEpoch(1)
+    assert await shard.apply_events([ev("a")], None, 7) == StaleEpoch(1)
 
 
 async def test_unusable_data_directory_refuses_everything(tmp_path: Path) -> None:
@@ -64,6 +74,6 @@ async def test_unusable_data_directory_refuses_everything(tmp_path: Path) -> Non
     blocker.write_text("x")
     shard = make(blocker)
     assert shard.durable.degraded and "data directory unusable" in shard.durable.degraded
-    assert isinstance(await shard.apply_events([ev("a")], 1), ShardUnavailable)
+    assert isinstance(await shard.apply_events([ev("a")], None, 1), ShardUnavailable)
     assert isinstance(await shard.get_profile("a", 1), ShardUnavailable)
     assert isinstance(await shard.snapshot(), ShardUnavailable)
