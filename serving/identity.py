@@ -72,8 +72,8 @@ class Resolution:
         return out
 
 
-class _Expiring:
-    """A bounded LRU map whose entries expire after ``ttl_s``."""
+class ExpiringMap:
+    """A bounded LRU map whose entries expire after ``ttl_s`` (the identifier cache)."""
 
     def __init__(self, size: int, ttl_s: float) -> None:
         self.size = size
@@ -112,8 +112,8 @@ class IdentityResolver:
     def __init__(self, region: Any, config: IdentityConfig, cache_ttl_s: float = 300.0) -> None:
         self.region = region
         self.config = config
-        self.cache = _Expiring(CACHE_SIZE, cache_ttl_s)  # identifier key -> profile id
-        self.redirects = _Expiring(CACHE_SIZE, cache_ttl_s)  # merged-away id -> survivor
+        self.cache = ExpiringMap(CACHE_SIZE, cache_ttl_s)  # identifier key -> profile id
+        self.redirects = ExpiringMap(CACHE_SIZE, cache_ttl_s)  # merged-away id -> survivor
         self.lookups = 0
         self.hits = 0
         self.merges = 0
@@ -148,7 +148,7 @@ class IdentityResolver:
         """
         self.redirects.put(old, new)
 
-    def _cached(self, key: str) -> str | None:
+    def cached_profile(self, key: str) -> str | None:
         pid = self.cache.get(key)
         for _ in range(MAX_PLANS):  # a short chain of merges at most
             if pid is None:
@@ -180,7 +180,7 @@ class IdentityResolver:
             )
         )
 
-    async def _resolve_keys(self, keys: list[str]) -> dict[str, str | None]:
+    async def owners_of(self, keys: list[str]) -> dict[str, str | None]:
         resolved: dict[str, str | None] = {}
         for part in await self._by_shard("resolve", keys):
             resolved.update(part)
@@ -200,7 +200,7 @@ class IdentityResolver:
         keys = [identifier_key(t, v) for t, v in identifiers.items()]
         self.lookups += 1
         if use_cache:
-            cached = {self._cached(k) for k in keys}
+            cached = {self.cached_profile(k) for k in keys}
             if len(cached) == 1 and None not in cached:
                 self.hits += 1
                 return Resolution(str(next(iter(cached))), via_cache=True)
@@ -219,7 +219,7 @@ class IdentityResolver:
         went: dict[str, str] = {}  # profiles this request learned were merged elsewhere
         out = Resolution("")
         for _ in range(MAX_PLANS):
-            resolved = {k: _follow(went, p) for k, p in (await self._resolve_keys(keys)).items()}
+            resolved = {k: follow_merges(went, p) for k, p in (await self.owners_of(keys)).items()}
             # A customer_id_type identifier (account) names its profile directly,
             # mapped or not: profiles are also addressed by plain customer_id.
             implicit = [k for k in keys if resolved[k] is None and self._direct(k)]
@@ -255,11 +255,11 @@ class IdentityResolver:
         """Identifier records of the involved profiles (and of those merged into them)."""
         if not owners:
             return []
-        ask = sorted(owners | {a for a in went if _follow(went, a) in owners})
+        ask = sorted(owners | {a for a in went if follow_merges(went, a) in owners})
         held = []
         for part in await self._all("records_of", ask):
             for key, pid, ts in part:
-                held.append(IdentityRecord(key, _follow(went, pid), ts))
+                held.append(IdentityRecord(key, follow_merges(went, pid), ts))
         return held
 
     async def _claim(self, keys: list[str], survivor: str, claimed: dict) -> bool:
@@ -316,7 +316,7 @@ class IdentityResolver:
     async def lookup(self, identifiers: Mapping[str, str]) -> str | None:
         """The profile these identifiers name, without linking or creating anything."""
         keys = [identifier_key(t, v) for t, v in identifiers.items()]
-        resolved = await self._resolve_keys(keys)
+        resolved = await self.owners_of(keys)
         owners = [resolved[k] for k in keys if resolved.get(k)]
         return owners[0] if owners else None
 
@@ -335,7 +335,7 @@ class IdentityResolver:
         return [k for keys in await self._all("forget", profile_id) for k in keys]
 
 
-def _follow(went: Mapping[str, str], pid: str | None) -> str | None:
+def follow_merges(went: Mapping[str, str], pid: str | None) -> str | None:
     """Where a profile went, following merges this request learned of."""
     for _ in range(MAX_PLANS):
         if pid is None or pid not in went:
