@@ -59,6 +59,7 @@ class Resolution:
     via_cache: bool = False  # found in this replica's cache (a hint, see the module doc)
     merged: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # merged, data or ids still on the way
+    incomplete: list[str] = field(default_factory=list)  # not merged yet: retry the request
     dropped: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
@@ -67,6 +68,8 @@ class Resolution:
             out["merged"] = self.merged
         if self.pending:
             out["merge_pending"] = self.pending
+        if self.incomplete:
+            out["merge_incomplete"] = self.incomplete
         if self.dropped:
             out["dropped_identifiers"] = self.dropped
         return out
@@ -283,7 +286,9 @@ class IdentityResolver:
                 result = await self.region.call_for(profile, "move_out", survivor, follow=False)
             except Unavailable:
                 if out.merged:
-                    out.pending.append(profile)  # earlier merges stand; report this one
+                    # Earlier merges of this request stand (never rolled back);
+                    # a retry of the same request completes this one.
+                    out.incomplete.append(profile)
                     continue
                 raise
             if isinstance(result, Moved):

@@ -132,7 +132,10 @@ class Ingress:
             originals = {(e.event_id, r.customer_id): e for e, r in zip(events, batch)}
             for ev in erased:
                 self.identity.forget_profile(ev.customer_id)
-            retry = [originals[(ev.event_id, ev.customer_id)] for ev in erased]
+            # An event forwarded after a merge is no longer under its original
+            # id; its identifiers alone say who it belongs to.
+            retry = [originals.get((ev.event_id, ev.customer_id)) or ev._replace(customer_id="")
+                     for ev in erased]  # fmt: skip
             again, more, _ = await self.recognise(retry, use_cache=False)
             for key, values in more.items():
                 report.setdefault(key, []).extend(values)
