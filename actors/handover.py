@@ -147,14 +147,14 @@ class Handover:
         merge_profiles(p, absorbed, rec.now, self.session_gap_s)
         store.put(p)
 
-    def forget(self, rec: MovesForgotten) -> int:
-        """Drop tombstones from or to an erased customer."""
+    def forget(self, rec: MovesForgotten) -> list[str]:
+        """Drop tombstones from or to an erased customer; return the absorbed ids they named."""
         doomed = [a for a, s in self.moved.items() if rec.customer_id in (a, s)]
         for a in doomed:
             del self.moved[a]
             self.pending.pop(a, None)
             self.unrepointed.pop(a, None)
-        return len(doomed)
+        return doomed
 
     # -- delivery ---------------------------------------------------------------------
 

@@ -319,6 +319,11 @@ class ProfileShardImpl:
         self.durable.append(erased)
         if unmoved:
             self.durable.append(unmove)
+        for a in unmoved:  # profiles merged into the erased one count as erased too
+            if a != customer_id:
+                also = ProfileErased(a, erased.ts)
+                self._erase(also)
+                self.durable.append(also)
         failed = await self._record()
         if failed:
             return failed
@@ -430,11 +435,21 @@ class ProfileShardImpl:
         return failed or True
 
     async def forget_moves(self, customer_id: str) -> int:
+        """An erased customer's tombstones go; the profiles merged into it count as erased.
+
+        A replica may still have an absorbed id (say ``anon-…`` of a cookie)
+        in its cache: the erasure tombstone makes it resolve the cookie again.
+        """
         rec = MovesForgotten(customer_id)
-        n = self.handover.forget(rec)
-        if n:
-            await self._record(rec)
-        return n
+        absorbed = [a for a in self.handover.forget(rec) if a != customer_id]
+        if not absorbed:
+            return 0
+        now = time.time()
+        erased = [ProfileErased(a, now) for a in absorbed]
+        for e in erased:
+            self._erase(e)
+        await self._record(rec, *erased)
+        return len(absorbed)
 
     # -- catalogue and model ----------------------------------------------------------------
 

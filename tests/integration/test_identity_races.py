@@ -144,6 +144,21 @@ async def test_erasure_reaches_the_other_replicas_cache(replicas) -> None:
         assert (await c0.get(f"/v1/profiles/{a}")).status_code == 404
 
 
+async def test_erasure_reaches_a_replica_that_cached_the_anonymous_profile(replicas) -> None:
+    """The cookie is cached on its anonymous profile (merged away since), not the account."""
+    for _ in range(3):
+        cookie, a = uid("ck"), uid("acct")
+        c0, c1 = replicas
+        await ok(c0, ev("page_view", {"cookie": cookie}))  # replica 0: cookie -> anon-…
+        await ok(c1, ev("identify", {"cookie": cookie, "account": a}))
+        assert (await c1.delete(f"/v1/profiles/{a}")).status_code == 200
+        await ok(c0, ev("page_view", {"cookie": cookie}))
+        fresh = (await c1.get("/v1/profiles", params={"cookie": cookie})).json()
+        assert fresh["customer_id"] == new_profile_id("cookie", cookie), fresh
+        assert fresh["counters"]["page_view"]["1h"] == 1
+        assert fresh["identifiers"] == {"cookie": [cookie]}
+
+
 async def test_stress_racing_identifies_and_retries_keep_every_person_whole(replicas) -> None:
     """Hundreds of people, each with two cookies, a device and an account; identifies
     race page views on both replicas and a fifth of the batches are sent twice."""
