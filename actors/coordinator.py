@@ -1,9 +1,15 @@
 """``ShardCoordinator``: creates the shards and owns the cluster-wide state.
 
-One named, detached coordinator per deployment. It owns the partition map,
-the active catalogue and the active model version, persists the latter two
-in ``<data_dir>/coordinator.json`` (written atomically), and pushes
-activations to every shard. Ingress replicas ask it for the topology (map +
+One named, detached coordinator per deployment. It owns the partition map
+(with its epoch), the identity shard count, the active catalogue and the
+active model version, persists them in ``<data_dir>/coordinator.json``
+(written atomically), and pushes activations to every shard.
+
+The map is the truth about where profiles live: a restart uses the stored
+map, never a fresh one, so a data directory created with N shards keeps
+serving every customer whatever ``shards`` says now (``shards: 0`` uses the
+stored count; another explicit count is refused at start-up by
+:func:`layout_conflict`, naming both counts). Ingress replicas ask it for the topology (map +
 shard handles) once, cache it, and ask again only when a shard says their
 epoch is stale or a decision reports a catalogue they do not know.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,8 +34,60 @@ from models.learning.registry import ModelRegistry
 from models.partitioning import PartitionMap
 from models.settings import Settings
 
+log = logging.getLogger("rtim.coordinator")
+
 COORDINATOR_NAME = "rtim-coordinator"
 STATE_FILE = "coordinator.json"
+
+
+def load_state(data_dir: str) -> dict:
+    """What ``coordinator.json`` holds ({} for a new data directory)."""
+    try:
+        return json.loads((Path(data_dir) / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def stored_map(settings: Settings) -> PartitionMap | None:
+    """The data directory's partition map, or None for a new data directory.
+
+    A directory written before the map was persisted has ``shard-N``
+    directories and no map: it was laid out round-robin over that many shards.
+    """
+    saved = load_state(settings.data_dir).get("map")
+    if saved:
+        return PartitionMap.from_dict(saved)
+    indexes = [int(d.name.removeprefix("shard-")) for d in Path(settings.data_dir).glob("shard-*")
+               if d.name.removeprefix("shard-").isdigit()]  # fmt: skip
+    if indexes:
+        return PartitionMap.initial(settings.partitions, max(indexes) + 1)
+    return None
+
+
+def layout_conflict(settings: Settings) -> str | None:
+    """Why these settings cannot serve this data directory, or None.
+
+    Partitions never change (customers would rehash). A shard count other
+    than the stored one is refused rather than served partially: the
+    partitions of the missing shards would answer 404.
+    """
+    pmap = stored_map(settings)
+    if pmap is None:
+        return None
+    where = f"data directory {settings.data_dir}"
+    if settings.partitions != pmap.partitions:
+        return (
+            f"{where} was created with {pmap.partitions} partitions but partitions is "
+            f"{settings.partitions}; partitions cannot change (customers would rehash): "
+            f"set partitions: {pmap.partitions}"
+        )
+    if settings.shards and settings.shards != pmap.shards:
+        return (
+            f"{where} holds {pmap.shards} shard(s) (partition map epoch {pmap.epoch}) but "
+            f"{settings.shards} shard(s) were asked for; start with --shards {pmap.shards} "
+            f"(or shards: 0, which uses the stored count)"
+        )
+    return None
 
 
 def shard_count(settings: Settings) -> int:
@@ -50,21 +109,34 @@ class ShardCoordinatorImpl:
             # Pin "the newest" now: a shard restarted later must load the same
             # version, not whatever is newest in the registry by then.
             self.model_version = newest_model(self.settings)
-        n = shard_count(self.settings)
-        self.map = PartitionMap.initial(self.settings.partitions, n)
-        self.shards = [self._shard(i) for i in range(n)]
-        self.identity_shards = [self._identity_shard(i) for i in range(n)]
+        # The stored map, never a fresh one: a fresh map over another shard
+        # count would leave some partitions' data unserved.
+        stored = stored_map(self.settings)
+        if stored is not None and self.settings.shards not in (0, stored.shards):
+            log.error("%s shards asked for, %s stored: serving the stored map",
+                      self.settings.shards, stored.shards)  # fmt: skip
+        self.map = stored or PartitionMap.initial(
+            self.settings.partitions, shard_count(self.settings)
+        )
+        # Identity entries are placed by partition modulo this count, which
+        # therefore never changes for a data directory.
+        self.identity_count: int = saved.get("identity_shards") or self.map.shards
+        self._save_state()
+        self.shards = [self._shard(i) for i in range(self.map.shards)]
+        self.identity_shards = [self._identity_shard(i) for i in range(self.identity_count)]
 
     def _load_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
+        return load_state(self.settings.data_dir)
 
     def _save_state(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        data = {"catalog": self.catalog, "model_version": self.model_version}
+        data = {
+            "catalog": self.catalog,
+            "model_version": self.model_version,
+            "map": self.map.to_dict(),
+            "identity_shards": self.identity_count,
+        }
         with open(tmp, "w") as fh:
             json.dump(data, fh)
             fh.flush()

@@ -19,6 +19,16 @@ def partition_of(key: str, partitions: int) -> int:
     return int.from_bytes(digest, "little") % partitions
 
 
+def identity_shard_of(key: str, partitions: int, identity_shards: int) -> int:
+    """The identity shard of an identifier key: its partition, modulo a fixed count.
+
+    Independent of the profile map, so moving profile partitions never moves
+    identity entries; with the initial round-robin map it is the same shard
+    as ``PartitionMap.initial(...).shard_of(key) % identity_shards``.
+    """
+    return partition_of(key, partitions) % identity_shards
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionMap:
     """Which shard owns each partition, as of ``epoch``."""
@@ -38,6 +48,11 @@ class PartitionMap:
     @property
     def partitions(self) -> int:
         return len(self.owners)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PartitionMap:
+        """The inverse of :meth:`to_dict` (raises ``ValueError``/``KeyError`` if malformed)."""
+        return cls(int(data["epoch"]), tuple(int(s) for s in data["owners"]), int(data["shards"]))
 
     @classmethod
     def initial(cls, partitions: int, shards: int) -> PartitionMap:

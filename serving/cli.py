@@ -49,6 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
     except server.PortInUse as exc:
         print(f"rtim: {exc}", file=sys.stderr)
         return 1
+    except server.LayoutConflict as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 2
     print(f"rtim: serving with {runtime.shards} shards, ingress mode {settings.ingress_mode}")
     print(f"  API      {runtime.url}/v1/")
     print(f"  docs     {runtime.url}/docs")

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
-from actors.coordinator import COORDINATOR_NAME, get_or_create_coordinator
+from actors.coordinator import COORDINATOR_NAME, get_or_create_coordinator, layout_conflict
 from actors.identity import identity_name
 from actors.shard import NAMESPACE, shard_name
 from models.settings import Settings
@@ -101,9 +101,16 @@ def check_port_free(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+class LayoutConflict(RuntimeError):
+    """The settings do not fit the data directory's stored partition map."""
+
+
 def start(settings: Settings, address: str | None = None, num_cpus: int | None = None) -> Runtime:
     """Start (or join) Ray, create the shards and deploy the HTTP app."""
     started = time.monotonic()
+    conflict = layout_conflict(settings)
+    if conflict:
+        raise LayoutConflict(conflict)
     owns_ray = False
     scratch = None
     if not address:

@@ -52,3 +52,65 @@ def _listening_replicas() -> list[str]:
         except psutil.Error:
             continue
     return sorted(urls)
+
+
+def start_cli_server(
+    port: int,
+    data: object,
+    log: object,
+    shards: int,
+    partitions: int = 32,
+    timeout_s: float = 120.0,
+    extra_env: dict | None = None,
+) -> object:
+    """``rtim serve`` in a subprocess on ``data`` (a Path), ready; its output goes to ``log``."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    log_path = Path(str(log))
+    env = {
+        **os.environ,
+        "RTIM_SHARDS": str(shards),
+        "RTIM_DATA_DIR": str(data),
+        "RTIM_PARTITIONS": str(partitions),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            if ready and "press Ctrl-C" in log_path.read_text():
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("server did not become ready:\n" + log_path.read_text()[-3000:])
+
+
+def stop_cli_server(proc: object) -> None:
+    """Ctrl-C the server and wait (boundedly) for it to stop."""
+    import signal
+    import subprocess
+
+    assert isinstance(proc, subprocess.Popen)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("server did not stop on SIGINT") from None
