@@ -89,3 +89,39 @@ class PartitionMap:
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "shards": self.shards, "owners": list(self.owners)}
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Partitions going from one shard to another in one hand-off (one epoch)."""
+
+    source: int
+    target: int
+    partitions: tuple[int, ...]
+
+
+def plan_moves(current: PartitionMap, target: PartitionMap, per_move: int) -> list[Move]:
+    """The hand-offs that turn ``current`` into ``target``, at most ``per_move`` partitions each."""
+    if per_move < 1:
+        raise ValueError("per_move must be >= 1")
+    if current.partitions != target.partitions:
+        raise ValueError("maps over different partition counts")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for p, (a, b) in enumerate(zip(current.owners, target.owners)):
+        if a != b:
+            groups.setdefault((a, b), []).append(p)
+    return [
+        Move(a, b, tuple(parts[i : i + per_move]))
+        for (a, b), parts in sorted(groups.items())
+        for i in range(0, len(parts), per_move)
+    ]
+
+
+def after_move(pmap: PartitionMap, move: Move, shards: int | None = None) -> PartitionMap:
+    """``pmap`` with ``move`` applied, at the next epoch (over ``shards`` shards if given)."""
+    owners = list(pmap.owners)
+    for p in move.partitions:
+        if owners[p] != move.source:
+            raise ValueError(f"partition {p} is owned by shard {owners[p]}, not {move.source}")
+        owners[p] = move.target
+    return PartitionMap(pmap.epoch + 1, tuple(owners), shards or pmap.shards)
