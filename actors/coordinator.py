@@ -299,7 +299,9 @@ class ShardCoordinatorImpl:
         for p in sorted(set(partitions)):
             if self.map.owners[p] != to:
                 sources.setdefault(self.map.owners[p], []).append(p)
-        moves = [Move(src, to, tuple(ps)) for src, ps in sorted(sources.items())]
+        k = self.settings.move_partitions
+        moves = [Move(src, to, tuple(ps[i : i + k]))
+                 for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
         self.job = asyncio.get_running_loop().create_task(self._run_job(moves, None))
         await asyncio.sleep(0)
         return self.progress.to_dict()

@@ -8,6 +8,8 @@ the stored count; scaling requests that cannot work are refused with a 4xx.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -44,6 +46,16 @@ def test_changing_the_partition_count_is_refused(tmp_path: Path) -> None:
     assert conflict is not None and "32 partitions" in conflict and "16" in conflict
     same = load_settings(None, {"data_dir": str(tmp_path), "partitions": 32, "shards": 0})
     assert layout_conflict(same) is None
+
+
+def rtim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def wait_for_job(c: httpx.Client, timeout_s: float = 90.0) -> dict:
@@ -114,8 +126,12 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             assert done["moves_done"] == done["moves_total"] > 0
             check_everyone(c, views, 2)
 
-            assert c.put("/v1/admin/shards", json={"shards": 1}).status_code == 202
-            wait_for_job(c)
+            # What an operator runs: `rtim scale`, with progress until it is done.
+            refused = rtim("scale", "--shards", "0", "--url", base)
+            assert refused.returncode == 2 and "between 1 and" in refused.stderr
+            scaled = rtim("scale", "--shards", "1", "--url", base)
+            assert scaled.returncode == 0, scaled.stderr
+            assert "hand-offs" in scaled.stdout and "over 1 shards" in scaled.stdout
             check_everyone(c, views, 1)
             decisions = c.get(f"/v1/profiles/{next(iter(views))}/decisions")
             assert decisions.status_code == 200 and decisions.json()
