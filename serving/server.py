@@ -131,6 +131,9 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
             kwargs["runtime_env"] = {"env_vars": env}
         else:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+            # A new Ray of our own, even when another one on this machine wrote
+            # the "current cluster" file (ray start, ray.cluster_utils): never join it.
+            kwargs["address"] = "local"
             owns_ray = True
         # An embedded Ray's processes inherit the environment at start-up; put
         # ours back afterwards so programs this process starts later (another

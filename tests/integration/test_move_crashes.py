@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests_support import free_port, start_cli_server, stop_cli_server
+from tests_support import Traffic, free_port, get_json, start_cli_server, stop_cli_server
 
 PARTITIONS = 32
 
@@ -35,60 +34,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_cli_server(proc)
-
-
-class Traffic(threading.Thread):
-    """Events and decides for ``customers`` until stopped; unacknowledged batches are re-sent."""
-
-    def __init__(self, base: str, customers: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.base = base
-        self.customers = customers
-        self.sent: Counter[str] = Counter()  # acknowledged page views per customer
-        self.acknowledged: list[dict] = []  # every acknowledged batch
-        self.resends = 0
-        self.decides = 0
-        self.decide_failures: list[str] = []
-        self.stop_at = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as c:
-            i = 0
-            while not self.stop_at.is_set():
-                cid = self.customers[i % len(self.customers)]
-                i += 1
-                batch = [{"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}]
-                for _ in range(60):  # a client's bounded retries of the same batch
-                    try:
-                        if c.post("/v1/events", json={"events": batch}).status_code == 200:
-                            self.sent[cid] += 1
-                            self.acknowledged.append(batch[0])
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    self.resends += 1
-                    time.sleep(0.2)
-                else:
-                    raise AssertionError(f"events for {cid} never acknowledged")
-                r = c.post("/v1/decide", json={"customer_id": cid, "channel": "web"})
-                self.decides += 1
-                if r.status_code != 200:
-                    self.decide_failures.append(f"{r.status_code} {r.text[:200]}")
-                time.sleep(0.01)
-
-
-def get_json(c: httpx.Client, path: str, timeout_s: float = 60.0) -> dict:
-    """GET that waits (boundedly) while the coordinator or a shard restarts."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            r = c.get(path)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"GET {path} kept failing"
-        time.sleep(0.3)
 
 
 def pid_of(c: httpx.Client, victim: str, move: dict) -> int:
@@ -144,16 +89,15 @@ def test_a_move_interrupted_by_a_kill_ends_with_one_owner_and_every_event_once(
     base: str, victim: str, at_step: str
 ) -> None:
     customers = [f"crash-{victim}-{uuid.uuid4().hex[:6]}" for _ in range(40)]
-    traffic = Traffic(base, customers)
+    traffic = Traffic(base, customers, retries=60)
     traffic.start()
     try:
         with httpx.Client(base_url=base, timeout=30) as c:
             move_with_a_kill(c, victim, at_step)
             time.sleep(1.0)  # some traffic after the move too
     finally:
-        traffic.stop_at.set()
-        traffic.join(timeout=120)
-    assert not traffic.is_alive()
+        traffic.stop()
+    assert not traffic.lost, f"events never acknowledged for {traffic.lost[:3]}"
     assert traffic.decides > 0 and not traffic.decide_failures, traffic.decide_failures[:3]
     with httpx.Client(base_url=base, timeout=30) as c:
         check(c, traffic.sent)
