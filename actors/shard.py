@@ -193,6 +193,8 @@ class ProfileShardImpl:
         return self._topology
 
     async def _peer(self, index: int) -> Any:
+        if index >= len((await self._topo())["shards"]):
+            self._topology = {}  # shards were added since we asked
         return (await self._topo())["shards"][index]
 
     async def _repoint_identifiers(self, absorbed: str, survivor: str) -> bool:
