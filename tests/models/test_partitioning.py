@@ -88,3 +88,8 @@ def test_identity_keys_land_where_the_initial_map_put_them() -> None:
     pmap = PartitionMap.initial(32, 3)
     for key in (f"cookie:{i}" for i in range(200)):
         assert identity_shard_of(key, 32, 3) == pmap.shard_of(key) % 3
+
+
+def test_scaling_to_the_count_a_balanced_map_has_moves_nothing() -> None:
+    pmap = PartitionMap.initial(64, 16)
+    assert plan_moves(pmap, pmap.rebalanced(16), per_move=8) == []
