@@ -261,6 +261,8 @@ class ShardCoordinatorImpl:
         return self.job is not None and not self.job.done()
 
     def _refusal(self, shards: int | None = None) -> Failed | None:
+        if self.move and not self._busy():  # a move that stalled earlier: try it again
+            self.job = asyncio.get_running_loop().create_task(self._run_job([], None))
         if self._busy() or self.move:
             return Failed(
                 "move_in_progress",
