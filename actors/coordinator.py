@@ -1,34 +1,102 @@
 """``ShardCoordinator``: creates the shards and owns the cluster-wide state.
 
-One named, detached coordinator per deployment. It owns the partition map,
-the active catalogue and the active model version, persists the latter two
-in ``<data_dir>/coordinator.json`` (written atomically), and pushes
-activations to every shard. Ingress replicas ask it for the topology (map +
-shard handles) once, cache it, and ask again only when a shard says their
-epoch is stale or a decision reports a catalogue they do not know.
+One named, detached coordinator per deployment. It owns the partition map
+(with its epoch), the identity shard count, the active catalogue and the
+active model version, persists them in ``<data_dir>/coordinator.json``
+(written atomically), and pushes activations to every shard.
+
+The map is the truth about where profiles live: a restart uses the stored
+map, never a fresh one, so a data directory created with N shards keeps
+serving every customer whatever ``shards`` says now. ``shards: 0`` keeps the
+stored count; another explicit count is reached after start-up by live
+partition moves (:func:`rescale_to`, ``actors/rebalance.py``); a changed
+partition count is refused (:func:`layout_conflict`).
+
+Ingress replicas ask it for the topology (map + shard handles) once, cache
+it, and ask again only when a shard says their epoch is stale or a decision
+reports a catalogue they do not know.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from actors.identity import IdentityShard, identity_name
+from actors.rebalance import MoveStalled, Progress, moves_for, next_map, until_done
 from actors.replies import Failed, ShardUnavailable
-from actors.shard import NAMESPACE, ProfileShard, shard_name
+from actors.shard import NAMESPACE, ProfileShard, shard_dir, shard_name
 from models.decisioning.catalog import load_catalog
 from models.errors import RtimError
 from models.learning.registry import ModelRegistry
-from models.partitioning import PartitionMap
+from models.partitioning import Move, PartitionMap
 from models.settings import Settings
+
+log = logging.getLogger("rtim.coordinator")
 
 COORDINATOR_NAME = "rtim-coordinator"
 STATE_FILE = "coordinator.json"
+
+
+def load_state(data_dir: str) -> dict:
+    """What ``coordinator.json`` holds ({} for a new data directory)."""
+    try:
+        return json.loads((Path(data_dir) / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def stored_map(settings: Settings) -> PartitionMap | None:
+    """The data directory's partition map, or None for a new data directory.
+
+    A directory written before the map was persisted has ``shard-N``
+    directories and no map: it was laid out round-robin over that many shards.
+    """
+    saved = load_state(settings.data_dir).get("map")
+    if saved:
+        return PartitionMap.from_dict(saved)
+    indexes = [int(d.name.removeprefix("shard-")) for d in Path(settings.data_dir).glob("shard-*")
+               if d.name.removeprefix("shard-").isdigit()]  # fmt: skip
+    if indexes:
+        return PartitionMap.initial(settings.partitions, max(indexes) + 1)
+    return None
+
+
+def layout_conflict(settings: Settings) -> str | None:
+    """Why these settings cannot serve this data directory, or None.
+
+    Partitions never change (customers would rehash).
+    """
+    pmap = stored_map(settings)
+    if pmap is None:
+        return None
+    where = f"data directory {settings.data_dir}"
+    if settings.partitions != pmap.partitions:
+        return (
+            f"{where} was created with {pmap.partitions} partitions but partitions is "
+            f"{settings.partitions}; partitions cannot change (customers would rehash): "
+            f"set partitions: {pmap.partitions}"
+        )
+    return None
+
+
+def rescale_to(settings: Settings) -> int | None:
+    """The shard count to move partitions to after start-up, if it differs from the stored one.
+
+    ``shards: 0`` keeps the stored count: a data directory moved to a
+    machine with another number of cores keeps its layout.
+    """
+    pmap = stored_map(settings)
+    if pmap is None or not settings.shards or settings.shards == pmap.shards:
+        return None
+    return settings.shards
 
 
 def shard_count(settings: Settings) -> int:
@@ -50,21 +118,41 @@ class ShardCoordinatorImpl:
             # Pin "the newest" now: a shard restarted later must load the same
             # version, not whatever is newest in the registry by then.
             self.model_version = newest_model(self.settings)
-        n = shard_count(self.settings)
-        self.map = PartitionMap.initial(self.settings.partitions, n)
-        self.shards = [self._shard(i) for i in range(n)]
-        self.identity_shards = [self._identity_shard(i) for i in range(n)]
+        # The stored map, never a fresh one: a fresh map over another shard
+        # count would leave some partitions' data unserved.
+        stored = stored_map(self.settings)
+        self.map = stored or PartitionMap.initial(
+            self.settings.partitions, shard_count(self.settings)
+        )
+        # Identity entries are placed by partition modulo this count, which
+        # therefore never changes for a data directory.
+        self.identity_count: int = saved.get("identity_shards") or self.map.shards
+        # A move planned but not finished when the coordinator stopped: resumed
+        # by the first call that needs the topology (actors/rebalance.py).
+        self.move: dict | None = saved.get("move")
+        self._save_state()
+        self.progress = Progress()
+        self.job: asyncio.Task | None = None  # the running scaling or move job
+        self.resumed: asyncio.Task | None = None  # what this coordinator did first
+        shards = self.map.shards
+        if self.move:
+            shards = max(shards, PartitionMap.from_dict(self.move["map"]).shards)
+        self.shards = [self._shard(i) for i in range(shards)]
+        self.identity_shards = [self._identity_shard(i) for i in range(self.identity_count)]
 
     def _load_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
+        return load_state(self.settings.data_dir)
 
     def _save_state(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        data = {"catalog": self.catalog, "model_version": self.model_version}
+        data = {
+            "catalog": self.catalog,
+            "model_version": self.model_version,
+            "map": self.map.to_dict(),
+            "identity_shards": self.identity_count,
+            "move": self.move,
+        }
         with open(tmp, "w") as fh:
             json.dump(data, fh)
             fh.flush()
@@ -102,13 +190,19 @@ class ShardCoordinatorImpl:
         This is the one way to find shard actors: ingress replicas and shards
         ask it and cache the answer.
         """
+        self._resume()
         return {
-            "map": self.map.to_dict(),
+            "map": self.routing_map().to_dict(),
             "shards": self.shards,
             "identity_shards": self.identity_shards,
         }
 
+    def routing_map(self) -> PartitionMap:
+        """The map requests follow: the planned one while a move is in flight."""
+        return PartitionMap.from_dict(self.move["map"]) if self.move else self.map
+
     async def wait_ready(self, timeout_s: float = 60.0) -> list[dict]:
+        self._resume()
         pings = await asyncio.wait_for(
             asyncio.gather(*(s.ping.remote() for s in [*self.shards, *self.identity_shards])),
             timeout_s,
@@ -141,6 +235,204 @@ class ShardCoordinatorImpl:
             self.model_version = version
             self._save_state()
         return {"model_version": version, "shards": results}
+
+    # -- partition moves and scaling (actors/rebalance.py) --------------------------------
+
+    def _resume(self) -> None:
+        """Once per coordinator: finish a half-done move, or bring every shard to the map."""
+        if self.resumed is None:
+            job = self._run_job([], None) if self.move else self._sync_shards()
+            self.resumed = asyncio.get_running_loop().create_task(job)
+            if self.move:
+                self.job = self.resumed
+
+    async def _sync_shards(self) -> None:
+        """After a crash between persisting a map and pushing it: push it, forget old exports."""
+        try:
+            await self._adopt_everywhere(self.map.to_dict())
+            pings = await asyncio.gather(*(s.ping.remote() for s in self.shards))
+            await asyncio.gather(*(self.shards[i].acknowledge_hand_off.remote(e)
+                                   for i, ping in enumerate(pings) for e in ping["outbox"]
+                                   if e <= self.map.epoch))  # fmt: skip
+        except (MoveStalled, ray.exceptions.RayError) as exc:
+            log.error("could not bring every shard to map epoch %s: %s", self.map.epoch, exc)
+
+    def _busy(self) -> bool:
+        return self.job is not None and not self.job.done()
+
+    def _refusal(self, shards: int | None = None) -> Failed | None:
+        if self.move and not self._busy():  # a move that stalled earlier: try it again
+            self.job = asyncio.get_running_loop().create_task(self._run_job([], None))
+        if self._busy() or self.move:
+            return Failed(
+                "move_in_progress",
+                "a partition move is running; wait for it (GET /v1/admin/rebalance) and try again",
+            )
+        if shards is not None and not 1 <= shards <= self.map.partitions:
+            return Failed(
+                "invalid_request",
+                f"shards must be between 1 and the number of "
+                f"partitions ({self.map.partitions}), got {shards}",
+                "shards",
+            )
+        return None
+
+    async def scale(self, shards: int) -> dict[str, Any] | Failed:
+        """Start moving partitions so that ``shards`` shards hold about equal numbers of them."""
+        refused = self._refusal(shards)
+        if refused:
+            return refused
+        moves = moves_for(self.map, shards, self.settings.move_partitions)
+        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, shards))
+        await asyncio.sleep(0)
+        return self.progress.to_dict()
+
+    async def move_partitions(self, partitions: list[int], to: int) -> dict[str, Any] | Failed:
+        """Start moving ``partitions`` (each from its current owner) to shard ``to``."""
+        refused = self._refusal()
+        if refused:
+            return refused
+        unknown = [p for p in partitions if not 0 <= p < self.map.partitions]
+        if unknown:
+            return Failed("not_found", f"no such partition(s): {unknown}", "partitions")
+        if not 0 <= to < self.map.shards:
+            return Failed("not_found", f"no such shard: {to} (there are {self.map.shards})", "to")
+        sources: dict[int, list[int]] = {}
+        for p in sorted(set(partitions)):
+            if self.map.owners[p] != to:
+                sources.setdefault(self.map.owners[p], []).append(p)
+        k = self.settings.move_partitions
+        moves = [Move(src, to, tuple(ps[i : i + k]))
+                 for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
+        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, None))
+        await asyncio.sleep(0)
+        return self.progress.to_dict()
+
+    async def rebalance_progress(self) -> dict[str, Any]:
+        self._resume()
+        return {
+            **self.progress.to_dict(),
+            "map": self.routing_map().to_dict(),
+            "coordinator_pid": os.getpid(),
+        }
+
+    async def _run_job(self, moves: list[Move], shards: int | None) -> None:
+        """Run ``moves`` one after another (after a half-done one), then add/retire shards."""
+        p = self.progress = Progress(True, shards, len(moves) + bool(self.move))
+        p.started_at = time.time()
+        try:
+            if self.move:
+                await self._finish_move()
+                p.moves_done += 1
+            if shards is not None and shards > len(self.shards):
+                await self._add_shards(shards)
+            for move in moves:
+                self.move = {
+                    "map": next_map(self.map, move, shards or self.map.shards).to_dict(),
+                    "source": move.source,
+                    "target": move.target,
+                    "partitions": list(move.partitions),
+                }
+                self._save_state()
+                await self._finish_move()
+                p.moves_done += 1
+            if shards is not None and shards < self.map.shards:
+                await self._retire_shards(shards)
+            elif shards is not None and shards > self.map.shards:
+                self.map = PartitionMap(self.map.epoch + 1, self.map.owners, shards)
+                self._save_state()
+                await self._adopt_everywhere(self.map.to_dict())
+        except MoveStalled as exc:
+            p.error = str(exc)
+            log.error("rebalance stalled: %s", exc)
+        finally:
+            p.running = False
+            p.current = None
+            p.finished_at = time.time()
+
+    async def _finish_move(self) -> None:
+        """Steps 2-5 of the persisted move (each repeated until it succeeds)."""
+        assert self.move is not None
+        m = self.move
+        nxt, source, target, parts = m["map"], m["source"], m["target"], m["partitions"]
+        self.progress.current = {
+            "epoch": nxt["epoch"],
+            "source": source,
+            "target": target,
+            "partitions": parts,
+        }
+        started = time.monotonic()
+        await self._step("planned")
+        others = [i for i in range(len(self.shards)) if i not in (source, target)]
+        await self._adopt_everywhere(nxt, others)
+        await self._step("others_adopted")
+        export = await until_done(
+            f"shard {source} hand-off",
+            lambda: self.shards[source].hand_off.remote(nxt, parts, target),
+        )
+        await self._step("handed_off")
+        if export is not None:  # None: acknowledged already, so taken over already
+            await until_done(
+                f"shard {target} take-over",
+                lambda: self.shards[target].take_over.remote(nxt, parts, export),
+            )
+        await self._step("taken_over")
+        self.map = PartitionMap.from_dict(nxt)
+        self.move = None
+        self._save_state()
+        await until_done(
+            f"shard {source} hand-off acknowledgement",
+            lambda: self.shards[source].acknowledge_hand_off.remote(nxt["epoch"]),
+        )
+        self.progress.partitions_moved += len(parts)
+        self.progress.history.append(
+            {
+                **self.progress.current,
+                "step": "done",
+                "seconds": round(time.monotonic() - started, 3),
+                "bytes": len(export or b""),
+            }
+        )
+
+    async def _step(self, name: str) -> None:
+        """Record the step reached; pause after it if ``move_pause_s`` says so (tests, demos)."""
+        assert self.progress.current is not None
+        self.progress.current["step"] = name
+        if self.settings.move_pause_s:
+            await asyncio.sleep(self.settings.move_pause_s)
+
+    async def _adopt_everywhere(self, pmap: dict, indexes: list[int] | None = None) -> None:
+        todo = range(len(self.shards)) if indexes is None else indexes
+        await asyncio.gather(
+            *(
+                until_done(
+                    f"shard {i} adopting map {pmap['epoch']}",
+                    lambda i=i: self.shards[i].adopt_map.remote(pmap),
+                )
+                for i in todo
+            )
+        )
+
+    async def _add_shards(self, shards: int) -> None:
+        """New, empty shards (owning nothing yet) on the nodes Ray's SPREAD picks."""
+        for i in range(len(self.shards), shards):
+            self.shards.append(self._shard(i))
+        await until_done(
+            "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
+        )
+
+    async def _retire_shards(self, shards: int) -> None:
+        """Shards ``shards..`` own nothing now: stop them and set their directories aside."""
+        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, shards)
+        self._save_state()  # first: a coordinator restarted now pushes it (_sync_shards)
+        await self._adopt_everywhere(self.map.to_dict(), list(range(shards)))
+        retired, self.shards = self.shards[shards:], self.shards[:shards]
+        for i, handle in enumerate(retired, start=shards):
+            ray.kill(handle, no_restart=True)
+            old = shard_dir(self.settings.data_dir, i)
+            if old.exists():
+                # Kept, not deleted: everything in it was handed off and acknowledged.
+                old.rename(old.with_name(f"{old.name}.retired-epoch-{self.map.epoch}"))
 
 
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)

@@ -88,7 +88,16 @@ class ProfileBook:
         }
 
     def _tomb(self, customer_id: str) -> str:
-        return hashlib.blake2b(customer_id.encode(), key=self._salt, digest_size=16).hexdigest()
+        return self.tomb_with(self._salt, customer_id)
+
+    @property
+    def salt(self) -> bytes:
+        """The key of this shard's tombstone hashes (exported with handed-off partitions)."""
+        return self._salt
+
+    @staticmethod
+    def tomb_with(salt: bytes, customer_id: str) -> str:
+        return hashlib.blake2b(customer_id.encode(), key=salt, digest_size=16).hexdigest()
 
     def prune(self, now: float) -> None:
         """Drop erasure tombstones older than ``tombstone_s``."""

@@ -7,7 +7,8 @@ component:
 - :class:`~actors.ownership.Ownership`: the partition map and epoch checks;
 - :class:`~actors.profiles.ProfileBook`: profiles and the events that update them;
 - :class:`~actors.decisions.DecisionEngine`: catalogue, model, decisions, decision log;
-- :class:`~actors.handover.Handover`: profiles merged away to other shards and back.
+- :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
+- :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
 
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
@@ -30,6 +31,14 @@ import ray
 
 from actors.decisions import CatalogActivated, DecisionEngine, DecisionsMade, ModelActivated
 from actors.durable import DurableState
+from actors.handoff import (
+    HandOffAcknowledged,
+    MapAdopted,
+    MapRefused,
+    PartitionHandoff,
+    PartitionsHandedOff,
+    PartitionsTakenOver,
+)
 from actors.handover import (
     HandedOver,
     Handover,
@@ -84,6 +93,7 @@ class ProfileShardImpl:
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
         self.engine = DecisionEngine(self.settings, catalog, model_version)
         self.handover = Handover(self.settings.session_gap_s)
+        self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
             f"shard {index}",
             shard_dir(self.settings.data_dir, index),
@@ -100,6 +110,10 @@ class ProfileShardImpl:
                 IdentifiersRepointed: self.handover.repointed,
                 ProfileMergedIn: lambda r: self.handover.merge_in(self.profiles.store, r),
                 MovesForgotten: self.handover.forget,
+                MapAdopted: self.handoff.adopted,
+                PartitionsHandedOff: self.handoff.handed_off,
+                PartitionsTakenOver: self.handoff.taken_over,
+                HandOffAcknowledged: self.handoff.acknowledged,
             },
         )
         self.started_at = time.time()
@@ -114,11 +128,13 @@ class ProfileShardImpl:
         self.profiles.reset()
         self.engine.reset()
         self.handover.reset()
+        self.handoff.reset()
 
     def load_snapshot(self, state: dict) -> None:
         self.profiles.load_snapshot(state)
         self.engine.load_snapshot(state)
         self.handover.load_snapshot(state)
+        self.handoff.load_snapshot(state)
 
     def snapshot_state(self) -> dict:
         return {
@@ -128,6 +144,7 @@ class ProfileShardImpl:
             **self.profiles.snapshot(),
             **self.engine.snapshot(),
             **self.handover.snapshot(),
+            **self.handoff.snapshot(),
         }
 
     def _replay_decisions(self, rec: DecisionsMade) -> None:
@@ -145,6 +162,11 @@ class ProfileShardImpl:
         if self.durable.degraded:
             return ShardUnavailable(self.durable.degraded)
         return self.ownership.check(epoch, *customer_ids)
+
+    def _recently_erased(self, customer_id: str) -> bool:
+        return self.profiles.recently_erased(customer_id) or self.handoff.recently_erased(
+            customer_id
+        )
 
     def _ensure_timer(self) -> None:
         if self.timer is None:
@@ -171,6 +193,8 @@ class ProfileShardImpl:
         return self._topology
 
     async def _peer(self, index: int) -> Any:
+        if index >= len((await self._topo())["shards"]):
+            self._topology = {}  # shards were added since we asked
         return (await self._topo())["shards"][index]
 
     async def _repoint_identifiers(self, absorbed: str, survivor: str) -> bool:
@@ -218,6 +242,8 @@ class ProfileShardImpl:
             "shard": self.index,
             "epoch": self.ownership.epoch,
             "profiles": len(self.profiles.store),
+            "partitions": len(self.ownership.owned),
+            "outbox": sorted(self.handoff.outbox),
             "degraded": self.durable.degraded,
             "model_error": self.engine.model_error,
             "pid": os.getpid(),
@@ -278,13 +304,16 @@ class ProfileShardImpl:
         self._ensure_timer()
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
+            refused = self._refuse(epoch, *(ev.customer_id for ev in batch))  # moved meanwhile?
+            if refused:
+                return refused
         now = time.time()
         moved = self.handover.moved
         forward = [[i, moved[ev.customer_id]] for i, ev in enumerate(batch)
                    if ev.customer_id in moved]  # fmt: skip
         erased = [i for i, ev in enumerate(batch)
                   if cached and ev.customer_id in cached
-                  and self.profiles.recently_erased(ev.customer_id)]  # fmt: skip
+                  and self._recently_erased(ev.customer_id)]  # fmt: skip
         if forward or erased:
             gone = {i for i, _ in forward} | set(erased)
             batch = [ev for i, ev in enumerate(batch) if i not in gone]
@@ -346,6 +375,9 @@ class ProfileShardImpl:
             return refused
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
+            refused = self._refuse(epoch, *(r.customer_id for r in requests))
+            if refused:
+                return refused
         now = time.time()
         answers: list[DecisionRecord | Moved | Expired | Erased] = []
         live: list[int] = []
@@ -356,7 +388,7 @@ class ProfileShardImpl:
             moved = self.handover.moved_to(cid)
             if moved is not None:
                 answers.append(moved)
-            elif req.via_cache and self.profiles.recently_erased(cid):
+            elif req.via_cache and self._recently_erased(cid):
                 answers.append(Erased(cid))
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
@@ -450,6 +482,79 @@ class ProfileShardImpl:
             self._erase(e)
         await self._record(rec, *erased)
         return len(absorbed)
+
+    # -- partition moves (actors/handoff.py) ---------------------------------------------
+
+    async def adopt_map(self, pmap: dict) -> dict[str, Any] | Refused | Failed:
+        """Adopt a newer map that leaves this shard's partitions as they are."""
+        if self.durable.degraded:
+            return ShardUnavailable(self.durable.degraded)
+        try:
+            new = self.handoff.check_adopt(pmap)
+        except MapRefused as exc:
+            return Failed("map_refused", str(exc))
+        if new is not None:
+            rec = MapAdopted(new.to_dict())
+            self.handoff.adopted(rec)
+            failed = await self._record(rec)
+            if failed:
+                return failed
+        return {"shard": self.index, "epoch": self.ownership.epoch}
+
+    async def hand_off(
+        self, pmap: dict, partitions: list[int], to: int
+    ) -> bytes | Refused | Failed | None:
+        """Step 1 of a move: stop serving ``partitions``, export them durably.
+
+        Answers the export (also when asked again before the acknowledgement),
+        or None when this move was acknowledged already.
+        """
+        if self.durable.degraded:
+            return ShardUnavailable(self.durable.degraded)
+        try:
+            new = self.handoff.check_handoff(pmap, partitions, to)
+        except MapRefused as exc:
+            return Failed("map_refused", str(exc))
+        epoch = pmap["epoch"]
+        if new is not None:
+            # No await between the export and the drop: calls accepted
+            # before this point are in the export, later ones are refused.
+            rec = PartitionsHandedOff(new.to_dict(), sorted(partitions), to,
+                                      self.handoff.export(partitions))  # fmt: skip
+            self.handoff.handed_off(rec)
+            failed = await self._record(rec)
+            if failed:
+                return failed
+        else:
+            await self._record()  # what an earlier identical call journalled is durable
+        return self.handoff.outbox.get(epoch)
+
+    async def take_over(
+        self, pmap: dict, partitions: list[int], export: bytes
+    ) -> dict[str, Any] | Refused | Failed:
+        """Step 2 of a move: journal the import, then serve ``partitions``."""
+        if self.durable.degraded:
+            return ShardUnavailable(self.durable.degraded)
+        try:
+            new = self.handoff.check_takeover(pmap, partitions)
+        except MapRefused as exc:
+            return Failed("map_refused", str(exc))
+        self._ensure_timer()
+        if new is not None:
+            rec = PartitionsTakenOver(new.to_dict(), sorted(partitions), export)
+            self.handoff.taken_over(rec)
+            failed = await self._record(rec)
+        else:
+            failed = await self._record()
+        return failed or {"shard": self.index, "epoch": self.ownership.epoch}
+
+    async def acknowledge_hand_off(self, epoch: int) -> bool | Refused:
+        """Step 3 of a move: the new owner holds the partitions; forget the export."""
+        if epoch not in self.handoff.outbox:
+            return True
+        rec = HandOffAcknowledged(epoch)
+        self.handoff.acknowledged(rec)
+        return await self._record(rec) or True
 
     # -- catalogue and model ----------------------------------------------------------------
 

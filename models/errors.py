@@ -75,6 +75,12 @@ class IdentityConflict(RtimError):
     code = "identity_conflict"
 
 
+class MoveInProgress(RtimError):
+    """A partition move or scaling job is running; another must wait for it."""
+
+    code = "move_in_progress"
+
+
 class Unavailable(RtimError):
     """The server cannot take the work now (overload, shard down, disk)."""
 
@@ -92,6 +98,7 @@ _BY_CODE: dict[str, type[RtimError]] = {
     "invalid_catalog": CatalogError,
     "invalid_model": ModelError,
     "identity_conflict": IdentityConflict,
+    "move_in_progress": MoveInProgress,
 }
 
 

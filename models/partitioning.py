@@ -19,6 +19,16 @@ def partition_of(key: str, partitions: int) -> int:
     return int.from_bytes(digest, "little") % partitions
 
 
+def identity_shard_of(key: str, partitions: int, identity_shards: int) -> int:
+    """The identity shard of an identifier key: its partition, modulo a fixed count.
+
+    Independent of the profile map, so moving profile partitions never moves
+    identity entries; with the initial round-robin map it is the same shard
+    as ``PartitionMap.initial(...).shard_of(key) % identity_shards``.
+    """
+    return partition_of(key, partitions) % identity_shards
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionMap:
     """Which shard owns each partition, as of ``epoch``."""
@@ -38,6 +48,11 @@ class PartitionMap:
     @property
     def partitions(self) -> int:
         return len(self.owners)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PartitionMap:
+        """The inverse of :meth:`to_dict` (raises ``ValueError``/``KeyError`` if malformed)."""
+        return cls(int(data["epoch"]), tuple(int(s) for s in data["owners"]), int(data["shards"]))
 
     @classmethod
     def initial(cls, partitions: int, shards: int) -> PartitionMap:
@@ -74,3 +89,39 @@ class PartitionMap:
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "shards": self.shards, "owners": list(self.owners)}
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Partitions going from one shard to another in one hand-off (one epoch)."""
+
+    source: int
+    target: int
+    partitions: tuple[int, ...]
+
+
+def plan_moves(current: PartitionMap, target: PartitionMap, per_move: int) -> list[Move]:
+    """The hand-offs that turn ``current`` into ``target``, at most ``per_move`` partitions each."""
+    if per_move < 1:
+        raise ValueError("per_move must be >= 1")
+    if current.partitions != target.partitions:
+        raise ValueError("maps over different partition counts")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for p, (a, b) in enumerate(zip(current.owners, target.owners)):
+        if a != b:
+            groups.setdefault((a, b), []).append(p)
+    return [
+        Move(a, b, tuple(parts[i : i + per_move]))
+        for (a, b), parts in sorted(groups.items())
+        for i in range(0, len(parts), per_move)
+    ]
+
+
+def after_move(pmap: PartitionMap, move: Move, shards: int | None = None) -> PartitionMap:
+    """``pmap`` with ``move`` applied, at the next epoch (over ``shards`` shards if given)."""
+    owners = list(pmap.owners)
+    for p in move.partitions:
+        if owners[p] != move.source:
+            raise ValueError(f"partition {p} is owned by shard {owners[p]}, not {move.source}")
+        owners[p] = move.target
+    return PartitionMap(pmap.epoch + 1, tuple(owners), shards or pmap.shards)

@@ -30,6 +30,8 @@ class Settings:
     port: int = 8000
     shards: int = 0  # 0 = one per CPU that Ray sees
     partitions: int = 256
+    move_partitions: int = 8  # partitions per hand-off when scaling (one hand-off at a time)
+    move_pause_s: float = 0.0  # pause after each hand-off step (tests and demos only)
     ingress_replicas: int = 1
     ingress_mode: str = "haproxy"  # "haproxy" (Serve direct ingress) or "proxy"
     max_body_bytes: int = 1 << 20
@@ -65,10 +67,13 @@ class Settings:
             "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
             "identity_cache_ttl_s", "decide_deadline_ms", "max_inflight_per_replica",
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
+            "move_partitions",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.move_pause_s < 0:
+            raise SettingsError("setting move_pause_s must be >= 0")
         if self.shards < 0:
             raise SettingsError("setting shards must be >= 0 (0 = one per CPU)")
         if self.shards and self.shards > self.partitions:

@@ -2,7 +2,9 @@
 
 ``rtim serve`` starts an embedded local Ray (or joins one with
 ``--address``), the shard actors and the HTTP API, prints the URLs, and
-stops cleanly on Ctrl-C.
+stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
+(over its admin API) to move partitions live onto N shards and prints the
+progress until it is done.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     except server.PortInUse as exc:
         print(f"rtim: {exc}", file=sys.stderr)
         return 1
+    except server.LayoutConflict as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 2
     print(f"rtim: serving with {runtime.shards} shards, ingress mode {settings.ingress_mode}")
     print(f"  API      {runtime.url}/v1/")
     print(f"  docs     {runtime.url}/docs")
@@ -64,6 +69,43 @@ def _serve(args: argparse.Namespace) -> int:
     server.stop(runtime)
     print("rtim: stopped")
     return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+
+    url = args.url.rstrip("/")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            r = client.put("/v1/admin/shards", json={"shards": args.shards})
+            if r.status_code != 202:
+                err = r.json().get("error", {}) if r.content else {}
+                print(f"rtim: {r.status_code} {err.get('message', r.text)}", file=sys.stderr)
+                return 2
+            print(f"rtim: moving partitions to {args.shards} shards ({r.json()['moves_total']} "
+                  "hand-offs)", flush=True)  # fmt: skip
+            if args.no_wait:
+                return 0
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                p = client.get("/v1/admin/rebalance").json()
+                print(f"  {p['moves_done']}/{p['moves_total']} hand-offs, "
+                      f"{p['partitions_moved']} partitions moved", flush=True)  # fmt: skip
+                if not p["running"]:
+                    if p["error"]:
+                        print(f"rtim: stalled: {p['error']}", file=sys.stderr)
+                        return 1
+                    m = p["map"]
+                    print(f"rtim: done; map epoch {m['epoch']} over {m['shards']} shards")
+                    return 0
+    except httpx.HTTPError as exc:
+        print(f"rtim: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"rtim: still moving after {args.timeout:.0f}s; see {url}/v1/admin/rebalance")
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", choices=["always", "batch", "off"], help="journal fsync policy")
     s.add_argument("--detach", action="store_true", help="deploy and exit (cluster mode)")
     s.set_defaults(func=_serve)
+    sc = sub.add_parser("scale", help="move partitions live onto N profile shards")
+    sc.add_argument("--shards", type=int, required=True, help="profile shards to end with")
+    sc.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    sc.add_argument("--no-wait", action="store_true", help="start the job and return")
+    sc.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    sc.set_defaults(func=_scale)
     return parser
 
 

@@ -26,6 +26,7 @@ from models.decisioning.request import DecideRequest
 from models.errors import Unavailable
 
 MAX_ROUTES = 4  # re-routes (stale maps, merges) per request
+HOLD_S = 0.01  # wait before re-routing when the map has nothing newer (a hand-off)
 
 
 class _Pending:
@@ -96,6 +97,8 @@ class DecideCoalescer:
             )
             if isinstance(answer, StaleEpoch):
                 await self.region.refresh(epoch)
+                if self.region.epoch == epoch:  # a partition in hand-off: hold a moment
+                    await asyncio.sleep(HOLD_S)
                 for p in live:
                     self._reroute(p, p.request)
                 return

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from models.settings import Settings
+from models.settings import Settings, load_settings
 from serving.app import create_app
 from serving.ingress import Ingress
 
@@ -40,3 +40,17 @@ def build_app(settings: Settings) -> Any:
         # Let requests reach our own bound, which answers with a JSON 503.
         max_ongoing_requests=settings.max_inflight_per_replica + 64,
     ).bind(settings.to_dict())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Application builder for Serve config files (``serve build`` / ``serve deploy``).
+
+    ``args`` are settings (the rows of the README's Configuration table), on
+    top of an optional ``config`` YAML file, the ``RTIM_*`` environment and
+    the defaults. The shards are created by the first replica that starts
+    (the coordinator is found or created by name), so ``serve deploy`` on an
+    existing cluster is enough.
+    """
+    args = dict(args or {})
+    config = args.pop("config", None)
+    return build_app(load_settings(config, args))

@@ -17,6 +17,7 @@ from models.errors import (
     IdentityConflict,
     MalformedBody,
     ModelError,
+    MoveInProgress,
     NotFound,
     PayloadTooLarge,
     RtimError,
@@ -38,6 +39,7 @@ STATUS: dict[type[RtimError], int] = {
     ModelError: 422,
     Unavailable: 503,
     IdentityConflict: 409,
+    MoveInProgress: 409,
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

@@ -45,6 +45,7 @@ from models.errors import IdentityConflict, Unavailable
 from models.identity.config import IdentityConfig, identifier_key
 from models.identity.plan import plan_link
 from models.identity.table import IdentityRecord
+from models.partitioning import identity_shard_of
 from serving.region import decode, ping_each
 
 CACHE_SIZE = 100_000
@@ -128,7 +129,7 @@ class IdentityResolver:
         return self.region.identity_shards
 
     def _shard_of_key(self, key: str) -> int:
-        return self.region.shard_of(key) % len(self._shards())
+        return identity_shard_of(key, self.region.map.partitions, len(self._shards()))
 
     def _remember(self, keys: list[str], profile_id: str) -> None:
         for k in keys:

@@ -4,7 +4,11 @@ It caches the topology (partition map, profile and identity shard handles)
 from the coordinator, routes each call to the shard that owns the customer,
 and decodes the shards' typed replies (:mod:`actors.replies`) in one place:
 
-- ``StaleEpoch``: refresh the topology and route again (bounded);
+- ``StaleEpoch``: refresh the topology and route again; while a partition
+  is being handed off its new owner refuses it until it has imported it, and
+  the coordinator has no newer map to give, so the call is *held* (short,
+  growing sleeps, within the call's deadline) and tried again: a client sees
+  a short wait during a move, not an error;
 - ``ShardUnavailable`` / ``Failed``: raise the matching project error;
 - ``Moved``: follow the merge to the surviving profile, telling ``on_moved``;
 - a dead or restarting actor: retry with backoff within the call's deadline
@@ -38,7 +42,9 @@ from models.settings import Settings
 log = logging.getLogger("rtim.region")
 
 _RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
-MAX_REROUTES = 3  # stale-map refreshes per call
+MAX_REROUTES = 200  # stale-map refreshes and holds per call (the deadline bounds them too)
+HOLD_S = (0.005, 0.1)  # first and longest wait for a partition in hand-off
+REFRESH_EVERY_S = 0.05  # while holding, ask the coordinator for news at most this often
 MAX_MOVES = 4  # merges followed per call
 
 T = TypeVar("T")
@@ -66,6 +72,8 @@ class ShardRegion:
         self.inflight: dict[int, int] = defaultdict(int)
         self.on_moved: Callable[[str, str], None] | None = None
         self.reroutes = 0
+        self.holds = 0  # waits for a partition in hand-off
+        self._refreshed_at = 0.0
 
     async def start(self) -> None:
         self.coordinator = get_or_create_coordinator(self.settings)
@@ -76,7 +84,15 @@ class ShardRegion:
         async with self._refresh_lock:
             if self.map is not None and self.map.epoch > seen_epoch:
                 return
-            topo = await self.coordinator.topology.remote()
+            try:
+                topo = await self.coordinator.topology.remote()
+            except _RETRYABLE as exc:  # the coordinator is restarting: keep our map, hold
+                if self.map is None:
+                    raise Unavailable("the shard coordinator is restarting; retry") from None
+                log.warning("topology refresh failed (%s); keeping epoch %s", exc, self.map.epoch)
+                self._refreshed_at = time.monotonic()
+                return
+            self._refreshed_at = time.monotonic()
             m = topo["map"]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
             self.shards = topo["shards"]
@@ -96,6 +112,24 @@ class ShardRegion:
         """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
         if self.on_moved is not None:
             self.on_moved(old, new)
+
+    async def after_stale(
+        self, epoch: int, reply: StaleEpoch, attempt: int, deadline: float
+    ) -> None:
+        """A shard refused the map of ``epoch``: get a newer map, or hold and try again.
+
+        Raises ``Unavailable`` (code ``rebalancing``) once the deadline or the
+        attempt bound is reached.
+        """
+        if attempt > MAX_REROUTES or time.monotonic() >= deadline:
+            raise Unavailable("partition map keeps changing; retry", code="rebalancing")
+        self.reroutes += 1
+        if reply.epoch > epoch or time.monotonic() - self._refreshed_at >= REFRESH_EVERY_S:
+            await self.refresh(epoch)
+        if self.epoch == epoch:  # nothing newer: a partition is in hand-off
+            self.holds += 1
+            pause = min(HOLD_S[0] * 2 ** min(attempt, 10), HOLD_S[1])
+            await asyncio.sleep(max(min(pause, deadline - time.monotonic()), 0.0))
 
     # -- one call -----------------------------------------------------------------------
 
@@ -117,11 +151,19 @@ class ShardRegion:
     async def _invoke_once(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
         delay = 0.05
         while True:
+            if shard >= len(self.shards):  # routed by a map from before shards were retired
+                return StaleEpoch(self.epoch + 1)
             try:
                 ref = getattr(self.shards[shard], method).remote(*args, self.epoch)
                 remaining = max(deadline - time.monotonic(), 0.001)
                 return await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
+                if isinstance(exc, ActorDiedError):
+                    # Dead for good: a retired shard? Then a newer map routes elsewhere.
+                    epoch = self.epoch
+                    await self.refresh(epoch)
+                    if self.epoch != epoch:
+                        return StaleEpoch(self.epoch)
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
                         f"shard {shard} is not answering ({type(exc).__name__}); retry later",
@@ -146,10 +188,7 @@ class ShardRegion:
             result = await self.invoke(shard, method, (customer_id, *args), deadline)
             if isinstance(result, StaleEpoch):
                 reroutes += 1
-                if reroutes > MAX_REROUTES:
-                    raise Unavailable("partition map keeps changing; retry", code="rebalancing")
-                self.reroutes += 1
-                await self.refresh(epoch)
+                await self.after_stale(epoch, result, reroutes, deadline)
             elif follow and isinstance(result, Moved):
                 moves += 1
                 if moves > MAX_MOVES:
@@ -178,7 +217,8 @@ class ShardRegion:
         deadline = time.monotonic() + (timeout_s or self.settings.shard_call_timeout_s)
         done: list[tuple[list[T], Any]] = []
         pending = list(items)
-        for _ in range(MAX_REROUTES + 1):
+        attempt = 0
+        while True:
             assert self.map is not None
             epoch = self.map.epoch
             groups: dict[int, list[T]] = defaultdict(list)
@@ -192,16 +232,17 @@ class ShardRegion:
                 )
             )
             pending = []
+            stale = StaleEpoch(epoch)
             for grp, result in zip(groups.values(), results):
                 if isinstance(result, StaleEpoch):
                     pending.extend(grp)
+                    stale = max(stale, result, key=lambda r: r.epoch)
                 else:
                     done.append((grp, result))
             if not pending:
                 return done
-            self.reroutes += 1
-            await self.refresh(epoch)
-        raise Unavailable("partition map keeps changing; retry", code="rebalancing")
+            attempt += 1
+            await self.after_stale(epoch, stale, attempt, deadline)
 
     # -- what routes use ------------------------------------------------------------------
 

@@ -13,14 +13,21 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import serve
 
-from actors.coordinator import COORDINATOR_NAME, get_or_create_coordinator
+from actors.coordinator import (
+    COORDINATOR_NAME,
+    get_or_create_coordinator,
+    layout_conflict,
+    rescale_to,
+)
 from actors.identity import identity_name
+from actors.replies import Failed
 from actors.shard import NAMESPACE, shard_name
 from models.settings import Settings
 from serving.deployment import build_app
@@ -101,9 +108,16 @@ def check_port_free(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+class LayoutConflict(RuntimeError):
+    """The settings do not fit the data directory's stored partition map."""
+
+
 def start(settings: Settings, address: str | None = None, num_cpus: int | None = None) -> Runtime:
     """Start (or join) Ray, create the shards and deploy the HTTP app."""
     started = time.monotonic()
+    conflict = layout_conflict(settings)
+    if conflict:
+        raise LayoutConflict(conflict)
     owns_ray = False
     scratch = None
     if not address:
@@ -117,6 +131,9 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
             kwargs["runtime_env"] = {"env_vars": env}
         else:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+            # A new Ray of our own, even when another one on this machine wrote
+            # the "current cluster" file (ray start, ray.cluster_utils): never join it.
+            kwargs["address"] = "local"
             owns_ray = True
         # An embedded Ray's processes inherit the environment at start-up; put
         # ours back afterwards so programs this process starts later (another
@@ -134,8 +151,11 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     serve.start(
         http_options={"host": settings.host, "port": settings.port},
     )
+    rescale = rescale_to(settings)
     coordinator = get_or_create_coordinator(settings)
     pings = ray.get(coordinator.wait_ready.remote(), timeout=120)
+    if rescale is not None:
+        pings = scale(coordinator, rescale, log.warning)
     serve.run(
         build_app(settings),
         name=APP_NAME,
@@ -145,6 +165,30 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     url = f"http://{settings.host}:{settings.port}"
     log.info("server up in %.1fs with %d shards", time.monotonic() - started, len(pings))
     return Runtime(settings, url, len(pings), owns_ray, scratch)
+
+
+def scale(
+    coordinator: object, shards: int, report: Callable[..., None], timeout_s: float = 3600.0
+) -> list[dict]:
+    """Move partitions to ``shards`` shards and wait, reporting progress; the shards' pings."""
+    reply = ray.get(coordinator.scale.remote(shards))  # type: ignore[attr-defined]
+    if isinstance(reply, Failed):
+        raise LayoutConflict(reply.message)
+    report("moving partitions to %d shards (%d moves)", shards, reply["moves_total"])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        p = ray.get(coordinator.rebalance_progress.remote())  # type: ignore[attr-defined]
+        if not p["running"]:
+            break
+        if time.monotonic() > deadline:
+            raise LayoutConflict(f"moving partitions to {shards} shards takes over {timeout_s}s")
+        report("moved %d/%d (%d partitions)", p["moves_done"], p["moves_total"],
+               p["partitions_moved"])  # fmt: skip
+        time.sleep(1.0)
+    if p["error"]:
+        raise LayoutConflict(f"moving partitions to {shards} shards stalled: {p['error']}")
+    report("partition map epoch %d over %d shards", p["map"]["epoch"], p["map"]["shards"])
+    return ray.get(coordinator.wait_ready.remote(), timeout=120)  # type: ignore[attr-defined]
 
 
 def stop(runtime: Runtime) -> None:
@@ -159,8 +203,8 @@ def stop(runtime: Runtime) -> None:
             serve.delete(APP_NAME)
         except Exception as exc:  # already gone: nothing to stop
             log.debug("serve.delete: %s", exc)
-        names = [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.shards))]
-        names += [identity_name(i) for i in range(runtime.shards)]
+        names = [COORDINATOR_NAME, *(shard_name(i) for i in range(runtime.settings.partitions))]
+        names += [identity_name(i) for i in range(runtime.settings.partitions)]
         for name in names:
             with contextlib.suppress(ValueError):
                 ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

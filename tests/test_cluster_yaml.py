@@ -30,4 +30,5 @@ def test_cluster_yaml_has_head_and_workers_and_deploys_the_app() -> None:
     assert any("pip install" in c and "rtim" in c for c in cfg["setup_commands"])
     head = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head and "rtim serve --address auto" in head
+    assert "rtim scale --shards" in head
     assert any("ray start --address" in c for c in cfg["worker_start_ray_commands"])

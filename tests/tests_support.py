@@ -52,3 +52,151 @@ def _listening_replicas() -> list[str]:
         except psutil.Error:
             continue
     return sorted(urls)
+
+
+def start_cli_server(
+    port: int,
+    data: object,
+    log: object,
+    shards: int,
+    partitions: int = 32,
+    timeout_s: float = 120.0,
+    extra_env: dict | None = None,
+) -> object:
+    """``rtim serve`` in a subprocess on ``data`` (a Path), ready; its output goes to ``log``."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    log_path = Path(str(log))
+    env = {
+        **os.environ,
+        "RTIM_SHARDS": str(shards),
+        "RTIM_DATA_DIR": str(data),
+        "RTIM_PARTITIONS": str(partitions),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            if ready and "press Ctrl-C" in log_path.read_text():
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("server did not become ready:\n" + log_path.read_text()[-3000:])
+
+
+def stop_cli_server(proc: object) -> None:
+    """Ctrl-C the server and wait (boundedly) for it to stop."""
+    import signal
+    import subprocess
+
+    assert isinstance(proc, subprocess.Popen)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("server did not stop on SIGINT") from None
+
+
+def get_json(client: object, path: str, timeout_s: float = 60.0) -> object:
+    """GET ``path`` until it answers 200 (a coordinator or shard may be restarting), boundedly."""
+    import time
+
+    import httpx
+
+    assert isinstance(client, httpx.Client)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = client.get(path)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET {path} kept failing")
+        time.sleep(0.3)
+
+
+class Traffic:
+    """A client thread sending events and decides for ``customers`` until :meth:`stop`.
+
+    Each event batch is re-sent until acknowledged (as a client should: event
+    ids make that safe), at most ``retries`` times; ``sent`` counts the
+    acknowledged page views per customer, ``acknowledged`` keeps the events.
+    Decides that do not answer 200 are kept in ``decide_failures``.
+    """
+
+    def __init__(self, base: str, customers: list[str], retries: int = 100) -> None:
+        import threading
+        from collections import Counter
+
+        self.base, self.customers, self.retries = base, customers, retries
+        self.sent: Counter[str] = Counter()
+        self.acknowledged: list[dict] = []
+        self.lost: list[str] = []  # batches never acknowledged
+        self.resends = self.decides = 0
+        self.decide_failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        self._stop.set()
+        if self._thread.ident is None:  # never started
+            return
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the traffic thread did not stop"
+
+    def _run(self) -> None:
+        import time
+        import uuid
+
+        import httpx
+
+        with httpx.Client(base_url=self.base, timeout=30) as c:
+            i = 0
+            while not self._stop.is_set():
+                cid = self.customers[i % len(self.customers)]
+                i += 1
+                event = {"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
+                for _ in range(self.retries):
+                    try:
+                        if c.post("/v1/events", json={"events": [event]}).status_code == 200:
+                            self.sent[cid] += 1
+                            self.acknowledged.append(event)
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    self.resends += 1
+                    time.sleep(0.2)
+                else:
+                    self.lost.append(cid)
+                try:
+                    r = c.post("/v1/decide", json={"customer_id": cid, "channel": "web"})
+                    if r.status_code != 200:
+                        self.decide_failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.decide_failures.append(repr(exc))
+                self.decides += 1
+                time.sleep(0.01)

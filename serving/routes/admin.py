@@ -1,4 +1,4 @@
-"""Admin routes: replace the catalogue, list and activate models, snapshot, counters."""
+"""Admin routes: catalogue, models, snapshot, counters, and scaling (live partition moves)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actors.replies import Failed
 from models.decisioning.catalog import load_catalog
 from models.errors import CatalogError, RtimError, ValidationError
 from models.learning.registry import ModelRegistry, scorer_for_version
@@ -99,3 +100,64 @@ async def shard_stats(request: Request) -> Response:
     ing = await ingress_of(request)
     stats = await ing.region.broadcast("stats")
     return answer(request, {"epoch": ing.region.epoch, "shards": stats})
+
+
+def _count(body: object, name: str) -> int:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f'body must be {{"{name}": <integer>}}', name)
+    return value
+
+
+def _started(request: Request, reply: object) -> Response:
+    """A coordinator's refusal as its error, or 202 with the job's progress."""
+    if isinstance(reply, Failed):
+        raise reply.error()
+    return answer(request, reply, 202)
+
+
+@router.put(
+    "/shards",
+    summary="Scale to N profile shards, moving partitions live (202; progress at /rebalance)",
+    openapi_extra=schema.body(
+        {"type": "object", "required": ["shards"], "properties": {"shards": {"type": "integer"}}}
+    ),
+)
+async def scale_shards(request: Request) -> Response:
+    ing = await ingress_of(request)
+    shards = _count(await read_body(request, ing.settings.max_body_bytes), "shards")
+    return _started(request, await ing.region.coordinator.scale.remote(shards))
+
+
+@router.post(
+    "/moves",
+    summary="Move partitions to a shard, live (202; progress at /rebalance)",
+    openapi_extra=schema.body(
+        {
+            "type": "object",
+            "required": ["partitions", "to"],
+            "properties": {
+                "partitions": {"type": "array", "items": {"type": "integer"}},
+                "to": {"type": "integer"},
+            },
+        }
+    ),
+)
+async def move_partitions(request: Request) -> Response:
+    ing = await ingress_of(request)
+    body = await read_body(request, ing.settings.max_body_bytes)
+    to = _count(body, "to")
+    parts = body.get("partitions")
+    if (
+        not isinstance(parts, list)
+        or not parts
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts)
+    ):
+        raise ValidationError("partitions must be a non-empty list of integers", "partitions")
+    return _started(request, await ing.region.coordinator.move_partitions.remote(parts, to))
+
+
+@router.get("/rebalance", summary="Progress of the running (or last) scaling or move job")
+async def rebalance_progress(request: Request) -> Response:
+    ing = await ingress_of(request)
+    return answer(request, await ing.region.coordinator.rebalance_progress.remote())

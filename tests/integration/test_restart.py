@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
-from tests_support import free_port
+from tests_support import free_port, start_cli_server, stop_cli_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(port: int, data: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RTIM_SHARDS": "2", "RTIM_DATA_DIR": str(data), "RTIM_PARTITIONS": "32"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        started = "press Ctrl-C" in log.read_text()
-        try:
-            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-            if started and ready:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("server did not become ready:\n" + log.read_text()[-3000:])
+    proc = start_cli_server(port, data, log, shards=2)
+    assert isinstance(proc, subprocess.Popen)
+    return proc
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("server did not stop on SIGINT") from None
+    stop_cli_server(proc)
 
 
 def test_restart_restores_profiles_history_and_decisions(tmp_path: Path) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from models.partitioning import PartitionMap, partition_of
+import pytest
+
+from models.partitioning import (
+    Move,
+    PartitionMap,
+    after_move,
+    identity_shard_of,
+    partition_of,
+    plan_moves,
+)
 
 KEYS = [f"customer-{i}" for i in range(200)]
 
@@ -49,3 +58,38 @@ def test_rebalance_moves_only_what_it_must_and_bumps_epoch() -> None:
     assert sorted(len(m2.partitions_of(s)) for s in range(5)) == [51, 51, 51, 51, 52]
     moved = sum(a != b for a, b in zip(m.owners, m2.owners))
     assert moved <= 256 // 5 + 1
+
+
+def test_a_map_round_trips_through_its_dict_form() -> None:
+    pmap = PartitionMap.initial(16, 3).rebalanced(5)
+    assert PartitionMap.from_dict(pmap.to_dict()) == pmap
+
+
+def test_planned_moves_turn_one_map_into_the_other_in_bounded_hand_offs() -> None:
+    current = PartitionMap.initial(64, 2)
+    target = current.rebalanced(5)
+    moves = plan_moves(current, target, per_move=4)
+    assert all(1 <= len(m.partitions) <= 4 for m in moves)
+    pmap = current
+    for m in moves:
+        pmap = after_move(pmap, m, 5)
+    assert pmap.owners == target.owners and pmap.epoch == current.epoch + len(moves)
+    assert sum(len(m.partitions) for m in moves) == sum(
+        a != b for a, b in zip(current.owners, target.owners)
+    )
+
+
+def test_a_move_from_a_shard_that_does_not_own_the_partition_is_refused() -> None:
+    with pytest.raises(ValueError, match="owned by shard 1"):
+        after_move(PartitionMap.initial(4, 2), Move(0, 1, (1,)))
+
+
+def test_identity_keys_land_where_the_initial_map_put_them() -> None:
+    pmap = PartitionMap.initial(32, 3)
+    for key in (f"cookie:{i}" for i in range(200)):
+        assert identity_shard_of(key, 32, 3) == pmap.shard_of(key) % 3
+
+
+def test_scaling_to_the_count_a_balanced_map_has_moves_nothing() -> None:
+    pmap = PartitionMap.initial(64, 16)
+    assert plan_moves(pmap, pmap.rebalanced(16), per_move=8) == []

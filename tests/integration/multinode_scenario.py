@@ -1,0 +1,176 @@
+"""Scale-out scenario on a local multi-node Ray cluster (run by ``test_multinode.py``).
+
+Runs in its own process (a Ray cluster per process): a head and two worker
+nodes (``ray.cluster_utils.Cluster``), the server on them with a data
+directory every node shares, and a client sending events and decides the
+whole time. Then: add a node, scale 2 → 4 shards, lose a worker node that
+hosts shards (all its processes killed), drain another node (move its
+shards' partitions away) and remove it, scale back to 2. Prints one JSON
+line with what it saw; the test asserts on it.
+
+    python tests/integration/multinode_scenario.py <data_dir> <port>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"  # one HTTP proxy, on the head
+
+import httpx  # noqa: E402
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from tests_support import Traffic, get_json  # noqa: E402
+
+from actors.coordinator import get_or_create_coordinator  # noqa: E402
+from actors.shard import NAMESPACE  # noqa: E402
+from models.settings import load_settings  # noqa: E402
+from serving.deployment import IngressDeployment  # noqa: E402
+
+PARTITIONS = 32
+
+
+def get(c: httpx.Client, path: str) -> Any:
+    return get_json(c, path, timeout_s=90.0)
+
+
+def wait_job(c: httpx.Client, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        p = get(c, "/v1/admin/rebalance")
+        if not p["running"]:
+            if p["error"]:
+                raise RuntimeError(p["error"])
+            return p
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job did not finish: {p}")
+        time.sleep(0.5)
+
+
+def shards_on(c: httpx.Client) -> list[dict]:
+    return get(c, "/v1/admin/shards")["shards"]
+
+
+def main() -> None:
+    data_dir, port = sys.argv[1], int(sys.argv[2])
+    log: list[str] = []
+    started = time.monotonic()
+
+    def step(msg: str) -> None:
+        log.append(f"{time.monotonic() - started:6.1f}s {msg}")
+        print(log[-1], file=sys.stderr, flush=True)
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}}
+    )
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    step("cluster: head + 2 workers")
+    settings = load_settings(None, {"port": port, "shards": 2, "partitions": PARTITIONS,
+                                    "data_dir": data_dir, "ingress_mode": "proxy"})  # fmt: skip
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    coordinator = get_or_create_coordinator(settings)
+    ray.get(coordinator.wait_ready.remote(), timeout=120)
+    # The ingress replica stays on the head, which is never removed.
+    ingress = IngressDeployment.options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0, "resources": {"head": 0.01}}
+    ).bind(settings.to_dict())
+    serve.run(ingress, name="rtim", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {}
+    customers = [f"mn-{uuid.uuid4().hex[:8]}" for _ in range(60)]
+    traffic = Traffic(base, customers)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            get(c, "/readyz")
+            step("server up with 2 shards")
+            traffic.start()
+            time.sleep(2)
+            workers.append(cluster.add_node(num_cpus=1))
+            cluster.wait_for_nodes()
+            step("node added")
+            r = c.put("/v1/admin/shards", json={"shards": 4})
+            assert r.status_code == 202, r.text
+            wait_job(c)
+            spread = {s["shard"]: s["node"] for s in shards_on(c)}
+            result["nodes_after_scale_out"] = len(set(spread.values()))
+            step(f"scaled to 4 shards on {result['nodes_after_scale_out']} nodes")
+
+            # Node loss: kill every process of a worker node that hosts shards.
+            by_node = {w.node_id: w for w in workers}
+            lost = next(n for s, n in spread.items() if n in by_node)
+            result["lost_node_shards"] = sorted(s for s, n in spread.items() if n == lost)
+            cluster.remove_node(by_node[lost], allow_graceful=False)
+            workers.remove(by_node[lost])
+            deadline = time.monotonic() + 120
+            while True:
+                shards = shards_on(c)
+                if len(shards) == 4 and all(s["node"] != lost for s in shards):
+                    break
+                assert time.monotonic() < deadline, "shards did not come back"
+                time.sleep(1)
+            step(f"node lost; shards {result['lost_node_shards']} back on other nodes")
+
+            # Drain a node: move its shards' partitions to shards elsewhere, remove it.
+            spread = {s["shard"]: s["node"] for s in shards_on(c)}
+            by_node = {w.node_id: w for w in workers}
+            drained = next((n for n in spread.values() if n in by_node), None)
+            if drained is not None:
+                stay = [s for s, n in spread.items() if n != drained]
+                owners = get(c, "/v1/admin/rebalance")["map"]["owners"]
+                leaving = [p for p, s in enumerate(owners) if spread[s] == drained]
+                for k, to in enumerate(stay):
+                    parts = leaving[k :: len(stay)]
+                    if parts:
+                        r = c.post("/v1/admin/moves", json={"partitions": parts, "to": to})
+                        assert r.status_code == 202, r.text
+                        wait_job(c)
+                cluster.remove_node(by_node[drained])
+                result["drained_partitions"] = len(leaving)
+                step(f"drained {len(leaving)} partitions off a node and removed it")
+
+            r = c.put("/v1/admin/shards", json={"shards": 2})
+            assert r.status_code == 202, r.text
+            wait_job(c)
+            step("scaled back to 2 shards")
+            time.sleep(2)
+            traffic.stop()
+
+            stats = get(c, "/v1/admin/shards")
+            result["epochs"] = sorted({s["epoch"] for s in stats["shards"]} | {stats["epoch"]})
+            result["partitions_owned"] = sum(s["partitions"] for s in stats["shards"])
+            result["shards"] = len(stats["shards"])
+            wrong = {}
+            for cid in customers:
+                r = c.get(f"/v1/profiles/{cid}")
+                n = r.json()["counters"]["page_view"]["1h"] if r.status_code == 200 else None
+                if n != traffic.sent[cid]:
+                    wrong[cid] = [n, traffic.sent[cid]]
+            result["profiles_wrong"] = wrong
+            result["events_acknowledged"] = sum(traffic.sent.values())
+            result["event_resends"] = traffic.resends
+            result["events_never_acknowledged"] = len(traffic.lost)
+            result["decides"] = traffic.decides
+            result["decide_failures"] = traffic.decide_failures[:5]
+            result["decide_fallbacks"] = get(c, "/v1/admin/ingress")["decide_fallbacks"]
+    finally:
+        traffic.stop()
+        result["log"] = log
+        print(json.dumps(result), flush=True)
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The partition map is kept and moved, never rebuilt: every customer stays readable.
+
+A restart with another shard count moves partitions (live hand-offs, see
+``actors/handoff.py``) instead of serving a partial view; ``shards: 0`` keeps
+the stored count; scaling requests that cannot work are refused with a 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from tests_support import free_port, start_cli_server, stop_cli_server
+
+from actors.coordinator import layout_conflict, rescale_to, stored_map
+from models.partitioning import PartitionMap
+from models.settings import load_settings
+
+PARTITIONS = 32
+
+
+def test_a_data_directory_without_a_stored_map_is_read_as_its_round_robin_layout(
+    tmp_path: Path,
+) -> None:
+    for i in range(3):
+        (tmp_path / f"shard-{i}").mkdir()
+    settings = load_settings(None, {"data_dir": str(tmp_path), "partitions": 16, "shards": 2})
+    assert stored_map(settings) == PartitionMap.initial(16, 3)
+    assert layout_conflict(settings) is None
+    assert rescale_to(settings) == 2
+    auto = load_settings(None, {"data_dir": str(tmp_path), "partitions": 16, "shards": 0})
+    assert rescale_to(auto) is None  # shards: 0 keeps the stored count
+
+
+def test_changing_the_partition_count_is_refused(tmp_path: Path) -> None:
+    stored = {"map": PartitionMap.initial(32, 2).to_dict(), "identity_shards": 2}
+    (tmp_path / "coordinator.json").write_text(json.dumps(stored))
+    settings = load_settings(None, {"data_dir": str(tmp_path), "partitions": 16})
+    assert stored_map(settings) == PartitionMap.initial(32, 2)
+    conflict = layout_conflict(settings)
+    assert conflict is not None and "32 partitions" in conflict and "16" in conflict
+    same = load_settings(None, {"data_dir": str(tmp_path), "partitions": 32, "shards": 0})
+    assert layout_conflict(same) is None
+
+
+def rtim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def wait_for_job(c: httpx.Client, timeout_s: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        p = c.get("/v1/admin/rebalance").json()
+        if not p["running"]:
+            assert p["error"] is None, p
+            return p
+        time.sleep(0.3)
+    raise AssertionError(f"scaling did not finish: {p}")
+
+
+def check_everyone(c: httpx.Client, views: dict[str, int], shards: int) -> None:
+    """Every customer answers with its own count; the map is the same on every shard."""
+    for cid, n in views.items():
+        r = c.get(f"/v1/profiles/{cid}")
+        assert r.status_code == 200, (cid, r.text)
+        assert r.json()["counters"]["page_view"]["1h"] == n, cid
+    stats = c.get("/v1/admin/shards").json()
+    assert len(stats["shards"]) == shards
+    assert {s["epoch"] for s in stats["shards"]} == {stats["epoch"]}
+    assert sum(s["partitions"] for s in stats["shards"]) == PARTITIONS
+    assert sum(s["profiles"] for s in stats["shards"]) == len(views)
+    sizes = [s["partitions"] for s in stats["shards"]]
+    assert max(sizes) - min(sizes) <= 1, sizes
+
+
+def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
+    tmp_path: Path,
+) -> None:
+    data, log, port = tmp_path / "data", tmp_path / "server.log", free_port()
+    base = f"http://127.0.0.1:{port}"
+    views = {f"layout-{uuid.uuid4().hex[:8]}": 1 + i % 3 for i in range(40)}
+    events = [{"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
+              for cid, n in views.items() for _ in range(n)]  # fmt: skip
+    proc = start_cli_server(port, data, log, shards=1, partitions=PARTITIONS)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.post("/v1/events", json={"events": events}).json()["applied"] == len(events)
+            c.post("/v1/decide/batch", json={"customer_ids": list(views), "channel": "web"})
+    finally:
+        stop_cli_server(proc)
+
+    # Restarted with 3 shards on the same data: partitions move, nobody is lost.
+    proc = start_cli_server(port, data, log, shards=3, partitions=PARTITIONS)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            check_everyone(c, views, 3)
+            # Re-sent events are still recognised: dedupe ids moved with the profiles.
+            again = c.post("/v1/events", json={"events": events}).json()
+            assert again["duplicates"] == len(events)
+
+            for bad, field in ((0, "shards"), (PARTITIONS + 1, "shards"), ("2", "shards")):
+                r = c.put("/v1/admin/shards", json={"shards": bad})
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["field"] == field
+            r = c.post("/v1/admin/moves", json={"partitions": [PARTITIONS], "to": 0})
+            assert r.status_code == 404 and "partition" in r.json()["error"]["message"]
+            r = c.post("/v1/admin/moves", json={"partitions": [0], "to": 7})
+            assert r.status_code == 404 and "shard" in r.json()["error"]["message"]
+
+            r = c.put("/v1/admin/shards", json={"shards": 2})
+            assert r.status_code == 202, r.text
+            busy = c.put("/v1/admin/shards", json={"shards": 4})
+            assert busy.status_code == 409 and busy.json()["error"]["code"] == "move_in_progress"
+            done = wait_for_job(c)
+            assert done["moves_done"] == done["moves_total"] > 0
+            check_everyone(c, views, 2)
+
+            # What an operator runs: `rtim scale`, with progress until it is done.
+            refused = rtim("scale", "--shards", "0", "--url", base)
+            assert refused.returncode == 2 and "between 1 and" in refused.stderr
+            scaled = rtim("scale", "--shards", "1", "--url", base)
+            assert scaled.returncode == 0, scaled.stderr
+            assert "hand-offs" in scaled.stdout and "over 1 shards" in scaled.stdout
+            check_everyone(c, views, 1)
+            decisions = c.get(f"/v1/profiles/{next(iter(views))}/decisions")
+            assert decisions.status_code == 200 and decisions.json()
+    finally:
+        stop_cli_server(proc)
+    assert list(data.glob("shard-1.retired-epoch-*")) and list(data.glob("shard-2.retired-*"))
+
+    # What a restart reads: the map after the moves, and shards: 0 keeps its count.
+    auto = load_settings(None, {"data_dir": str(data), "partitions": PARTITIONS, "shards": 0})
+    stored = stored_map(auto)
+    assert stored is not None and stored.shards == 1 and set(stored.owners) == {0}
+    assert rescale_to(auto) is None and layout_conflict(auto) is None
