@@ -46,6 +46,7 @@ from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
 from models.decisioning.request import DecideRequest
+from models.decisioning.segments import MAX_PAGE, compile_segment, segment_page
 from models.errors import RtimError, Unavailable
 from models.settings import Settings
 
@@ -242,6 +243,19 @@ class ProfileShardImpl:
 
     async def customer_ids(self) -> list[str]:
         return list(self.profiles.store.ids())
+
+    async def segment_members(
+        self, rule: dict, after: str | None, limit: int
+    ) -> dict[str, Any] | Failed:
+        """One page of this shard's customers matching a segment rule (campaigns, exports)."""
+        try:
+            test = compile_segment(rule)
+        except RtimError as exc:
+            return Failed.of(exc)
+        ids, cursor = segment_page(
+            self.profiles.store, test, after, max(1, min(limit, MAX_PAGE)), time.time()
+        )
+        return {"ids": ids, "next": cursor}
 
     async def set_slow(self, seconds: float) -> None:
         """Test hook: delay every decision and event batch by ``seconds``."""

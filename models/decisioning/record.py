@@ -24,7 +24,7 @@ MAX_OUTCOMES = 16
 
 # The keys of an offer in a decide answer, in order.
 ANSWER_OFFER_KEYS = ("offer_id", "channel", "treatment", "placement", "content", "propensity",
-                     "priority", "value")  # fmt: skip
+                     "priority", "value", "probability")  # fmt: skip
 
 
 class ChosenOffer(msgspec.Struct, kw_only=True):

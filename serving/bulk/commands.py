@@ -42,6 +42,22 @@ def mapping_from_args(args: argparse.Namespace) -> ColumnMapping | None:
     return None if mapping.is_empty else mapping
 
 
+def add_client_options(
+    p: argparse.ArgumentParser, batch: tuple[int, str], concurrency: int
+) -> None:
+    """The options every bulk command shares: batching, concurrency, retries, output."""
+    p.add_argument("--batch-size", type=int, default=batch[0], help=batch[1])
+    p.add_argument("--concurrency", type=int, default=concurrency, help="requests in flight")
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        help="seconds to keep retrying an unreachable server before stopping",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
 def _import(args: argparse.Namespace) -> int:
     from serving.bulk.importer import EXIT_USAGE, ImportOptions, run_import
 
@@ -124,14 +140,66 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
         default="rtim-import.rejects.csv",
         help="bad rows: file, line, field, the API's error message",
     )
-    p.add_argument("--batch-size", type=int, default=1000, help="events per request")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    p.add_argument(
-        "--retry-for",
-        type=float,
-        default=60.0,
-        help="seconds to keep retrying an unreachable server before stopping",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_client_options(p, batch=(1000, "events per request"), concurrency=8)
     p.set_defaults(func=_import)
+
+
+def _campaign_run(args: argparse.Namespace) -> int:
+    from serving.bulk.campaign import EXIT_USAGE, CampaignOptions, run_campaign
+
+    try:
+        options = CampaignOptions(
+            url=args.url,
+            segment=args.segment,
+            channels=[c.strip() for c in args.channels.split(",") if c.strip()],
+            campaign_id=args.campaign_id,
+            out=Path(args.out),
+            limit=args.limit,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            retry_for_s=args.retry_for,
+            quiet=args.quiet,
+        )
+    except ValueError as exc:
+        print(f"rtim campaign: {exc}; nothing was sent", file=sys.stderr)
+        return EXIT_USAGE
+    code, summary = run_campaign(options)
+    if args.json:
+        print(json.dumps({"exit_code": code, **summary.to_dict()}))
+    elif code == 0:
+        s = summary.to_dict()
+        print(
+            f"rtim campaign {args.campaign_id}: {s['customers']:,} customers "
+            f"({s['decided_this_run']:,} decided now, {s['skipped_done']:,} already done) "
+            f"in {s['seconds']} s ({s['decisions_per_s']:,.0f} decisions/s) -> {args.out}"
+        )
+        print(
+            f"  no message {s['no_message']:,} ({s['no_message_share']:.1%}); expected "
+            f"responses {s['expected_responses']:,.1f}; expected net value "
+            f"{s['expected_net_value']:,.2f}"
+        )
+        for offer, n in s["per_offer"].items():
+            print(f"  offer {offer}: {n:,}")
+        for channel, n in s["per_channel"].items():
+            print(f"  channel {channel}: {n:,}")
+    return code
+
+
+def add_campaign_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("campaign", help="outbound campaign runs")
+    csub = c.add_subparsers(dest="campaign_command", required=True)
+    p = csub.add_parser(
+        "run",
+        help="decide for every customer of a segment into a CSV",
+        description="Decide through the shards' batch decide path for a segment: a file of "
+        "customer ids or a rule such as '{fact: attr.age, op: \">=\", value: 40}'. Re-running "
+        "with the same --campaign-id and --out skips every customer already decided.",
+    )
+    p.add_argument("--segment", required=True, metavar="FILE_OR_RULE")
+    p.add_argument("--channels", required=True, help="comma-separated, e.g. email,outbound_call")
+    p.add_argument("--campaign-id", required=True)
+    p.add_argument("--out", required=True, help="output CSV (also the campaign's done-set)")
+    p.add_argument("--limit", type=int, help="decide for at most N customers in all")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_client_options(p, batch=(500, "customers per request"), concurrency=4)
+    p.set_defaults(func=_campaign_run)

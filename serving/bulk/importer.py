@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import msgpack
 
 from models.bulk.mapping import ColumnMapping, derive_event_id
 from models.customer.events import parse_event
@@ -47,18 +46,10 @@ from models.errors import ValidationError
 from serving.bulk.checkpoint import FileProgress, ImportCheckpoint
 from serving.bulk.progress import Progress
 from serving.bulk.sources import Row, RowSource, SourceError, open_source
+from serving.bulk.transport import ImportAborted, RetryingClient, ServerGone
 
-RETRYABLE_STATUS = frozenset({502, 503, 504})
 _EVENT_FIELD = re.compile(r"^events\[(\d+)\]\.?")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER_GONE = 0, 1, 2, 3
-
-
-class ImportAborted(Exception):
-    """The import cannot go on (strict mode, a refusing server); the message says why."""
-
-
-class ServerGone(ImportAborted):
-    """The server did not answer within the retry budget."""
 
 
 @dataclass
@@ -130,56 +121,6 @@ class _Pending:
 def _lane_of(event: dict[str, Any], lanes: int) -> int:
     key = event.get("customer_id") or repr(sorted((event.get("identifiers") or {}).items()))
     return zlib.crc32(str(key).encode()) % lanes
-
-
-def _decode(resp: httpx.Response) -> Any:
-    """The answer's body as JSON or msgpack (as its content type says)."""
-    try:
-        if "msgpack" in resp.headers.get("content-type", ""):
-            return msgpack.unpackb(resp.content, raw=False)
-        return resp.json()
-    except ValueError:
-        return {"error": {"message": resp.text[:200]}}
-
-
-class EventSender:
-    """Posts event batches as msgpack; retries what is retryable, splits what is too big."""
-
-    def __init__(self, client: httpx.AsyncClient, retry_for_s: float, quiet: bool) -> None:
-        self.client = client
-        self.retry_for_s = retry_for_s
-        self.quiet = quiet
-
-    async def post(self, events: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-        """``(status, decoded body)`` of one POST, retrying server trouble with backoff."""
-        body = msgpack.packb({"events": events}, use_bin_type=True)
-        headers = {"content-type": "application/msgpack", "accept": "application/json"}
-        delay, first_failure = 0.25, None
-        while True:
-            try:
-                resp = await self.client.post("/v1/events", content=body, headers=headers)
-                if resp.status_code not in RETRYABLE_STATUS:
-                    return resp.status_code, _decode(resp)
-                problem = f"HTTP {resp.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            now = time.monotonic()
-            if first_failure is None:
-                first_failure = now
-                if not self.quiet:
-                    print(
-                        f"rtim import: server not answering ({problem}); "
-                        f"retrying for up to {self.retry_for_s:g} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if now - first_failure >= self.retry_for_s:
-                raise ServerGone(
-                    f"the server at {self.client.base_url} did not answer for "
-                    f"{self.retry_for_s:g} s (last: {problem})"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 8.0)
 
 
 class Importer:
@@ -255,10 +196,10 @@ class Importer:
 
     # -- 3./4. lanes and acknowledgements ------------------------------------------------
 
-    async def _send(self, sender: EventSender, batch: _Pending) -> None:
+    async def _send(self, sender: RetryingClient, batch: _Pending) -> None:
         rows = batch.rows
         while rows:
-            status, body = await sender.post([r[3] for r in rows])
+            status, body = await sender.post("/v1/events", {"events": [r[3] for r in rows]})
             if status == 200:
                 self.summary.applied += int(body.get("applied", 0))
                 self.summary.duplicates += int(body.get("duplicates", 0))
@@ -351,7 +292,7 @@ class Importer:
         async with httpx.AsyncClient(
             base_url=opts.url, timeout=opts.timeout_s, limits=limits
         ) as client:
-            sender = EventSender(client, opts.retry_for_s, opts.quiet)
+            sender = RetryingClient(client, opts.retry_for_s, opts.quiet, "import")
             ticker = asyncio.create_task(self._progress(progress))
             try:
                 for src, mapping in zip(self.sources, self.mappings):
@@ -366,7 +307,7 @@ class Importer:
         return s
 
     async def _import_file(
-        self, sender: EventSender, src: RowSource, mapping: ColumnMapping | None
+        self, sender: RetryingClient, src: RowSource, mapping: ColumnMapping | None
     ) -> None:
         opts = self.options
         fp = self.checkpoint.file(str(src.path), src.identity)
@@ -410,7 +351,7 @@ class Importer:
         fp.complete = True
         self._save_checkpoint()
 
-    async def _dispatch(self, sender: EventSender, lane: _Pending) -> None:
+    async def _dispatch(self, sender: RetryingClient, lane: _Pending) -> None:
         """Send the lane's open batch once its previous batch is acknowledged."""
         if lane.task is not None:
             await lane.task  # one batch in flight per lane keeps each customer's order
