@@ -245,9 +245,12 @@ class ProfileShardImpl:
         return list(self.profiles.store.ids())
 
     async def segment_members(
-        self, rule: dict, after: str | None, limit: int
+        self, rule: dict | None, after: str | None, limit: int, profiles: bool = False
     ) -> dict[str, Any] | Failed:
-        """One page of this shard's customers matching a segment rule (campaigns, exports)."""
+        """One page of this shard's customers matching a segment rule (None: all).
+
+        With ``profiles`` the page also carries each member's profile view (exports).
+        """
         try:
             test = compile_segment(rule)
         except RtimError as exc:
@@ -255,7 +258,10 @@ class ProfileShardImpl:
         ids, cursor = segment_page(
             self.profiles.store, test, after, max(1, min(limit, MAX_PAGE)), time.time()
         )
-        return {"ids": ids, "next": cursor}
+        page: dict[str, Any] = {"ids": ids, "next": cursor}
+        if profiles:
+            page["profiles"] = [self.profiles.view(cid) for cid in ids]
+        return page
 
     async def set_slow(self, seconds: float) -> None:
         """Test hook: delay every decision and event batch by ``seconds``."""

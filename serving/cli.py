@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", choices=["always", "batch", "off"], help="journal fsync policy")
     s.add_argument("--detach", action="store_true", help="deploy and exit (cluster mode)")
     s.set_defaults(func=_serve)
-    from serving.bulk.commands import add_campaign_parser, add_import_parser
+    from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser
 
     add_import_parser(sub)
     add_campaign_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

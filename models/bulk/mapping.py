@@ -3,9 +3,10 @@
 A :class:`ColumnMapping` names, for each event field (``customer_id``,
 ``type``, ``ts``, ...), the file column it comes from or a constant, and for
 each attribute the column and the type to read it as (``str``, ``int``,
-``float``, ``bool``). Without an explicit mapping, columns named like the API
-fields are taken as those fields and every other column becomes a string
-attribute (see :meth:`ColumnMapping.default_for`).
+``float``, ``bool``). Fields a mapping leaves unset are read from columns
+named like them, if any (:meth:`ColumnMapping.over_api_named`). Without a
+mapping, columns named like the API fields are taken as those fields and every
+other column becomes an attribute (see :meth:`ColumnMapping.default_for`).
 
 The event object a mapping builds is then validated by
 :func:`models.customer.events.parse_event`, so a bad row is rejected with the
@@ -169,6 +170,12 @@ class ColumnMapping:
             {},
             {c: (c, "auto") for c in names if c not in EVENT_FIELDS},
         )
+
+    def over_api_named(self, header: Iterable[str]) -> ColumnMapping:
+        """This mapping, plus columns named like API fields for the fields it leaves unset."""
+        taken = {*self.columns, *self.constants}
+        implied = {c: c for c in header if c in EVENT_FIELDS and c not in taken}
+        return ColumnMapping({**implied, **self.columns}, self.constants, self.attributes)
 
     def merged(self, other: ColumnMapping) -> ColumnMapping:
         """This mapping with ``other``'s entries on top (flags over a mapping file)."""

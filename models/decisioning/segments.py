@@ -42,7 +42,9 @@ def parse_segment_rule(text: str) -> dict[str, Any]:
 
 
 def compile_segment(spec: Any) -> SegmentTest:
-    """Compile a segment condition; ValidationError naming the part that is wrong."""
+    """Compile a segment condition (None: every customer); ValidationError naming what is wrong."""
+    if spec is None:
+        return lambda profile, now: True
     try:
         condition = compile_condition(spec, "segment")
     except CatalogError as exc:

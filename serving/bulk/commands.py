@@ -80,6 +80,8 @@ def _import(args: argparse.Namespace) -> int:
     except (MappingError, ValueError) as exc:
         print(f"rtim import: {getattr(exc, 'message', exc)}; nothing was sent", file=sys.stderr)
         return EXIT_USAGE
+    if args.ray:
+        return _ray_import(args, mapping)
     code, summary = run_import(options)
     if args.json:
         print(json.dumps({"exit_code": code, **summary.to_dict()}))
@@ -92,6 +94,19 @@ def _import(args: argparse.Namespace) -> int:
             f"({summary.rate:,.0f} rows/s)"
         )
     return code
+
+
+def _ray_import(args: argparse.Namespace, mapping: ColumnMapping | None) -> int:
+    from serving.bulk.rayjob import run_ray_import
+    from serving.bulk.sources import SourceError
+
+    try:
+        summary = run_ray_import(args.files, mapping, Path(args.rejects), args.address)
+    except (SourceError, MappingError) as exc:
+        print(f"rtim import: {getattr(exc, 'message', exc)}; nothing was sent", file=sys.stderr)
+        return 2
+    print(json.dumps(summary) if args.json else f"rtim import (ray): {summary}")
+    return 0
 
 
 def add_import_parser(sub: argparse._SubParsersAction) -> None:
@@ -140,6 +155,10 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
         default="rtim-import.rejects.csv",
         help="bad rows: file, line, field, the API's error message",
     )
+    p.add_argument("--ray", action="store_true",
+                   help="run as a Ray Data job on the cluster: files or directories, read on "
+                   "every node, events applied straight to the shards (no checkpoint)")  # fmt: skip
+    p.add_argument("--address", help="with --ray: the Ray cluster (default: auto)")
     add_client_options(p, batch=(1000, "events per request"), concurrency=8)
     p.set_defaults(func=_import)
 
@@ -203,3 +222,42 @@ def add_campaign_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     add_client_options(p, batch=(500, "customers per request"), concurrency=4)
     p.set_defaults(func=_campaign_run)
+
+
+def _export_profiles(args: argparse.Namespace) -> int:
+    from serving.bulk.export import EXIT_USAGE, ExportOptions, run_export
+
+    try:
+        options = ExportOptions(
+            url=args.url,
+            out=Path(args.out),
+            fmt=args.format,
+            segment=args.segment,
+            page_size=args.batch_size,
+            retry_for_s=args.retry_for,
+            quiet=args.quiet,
+        )
+    except ValueError as exc:
+        print(f"rtim export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    code, summary = run_export(options)
+    if args.json:
+        print(json.dumps({"exit_code": code, **summary}))
+    elif code == 0:
+        print(
+            f"rtim export: {summary['profiles']:,} profiles -> {summary['out']} in "
+            f"{summary['seconds']} s ({summary['profiles_per_s']:,.0f} profiles/s)"
+        )
+    return code
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="stream data out of a running server")
+    esub = e.add_subparsers(dest="export_command", required=True)
+    p = esub.add_parser("profiles", help="every profile, or a segment's, to JSONL or Parquet")
+    p.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    p.add_argument("--out", required=True, help="output file (.jsonl, .jsonl.gz or .parquet)")
+    p.add_argument("--segment", metavar="RULE", help="only customers matching this rule")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_client_options(p, batch=(1000, "profiles per request"), concurrency=1)
+    p.set_defaults(func=_export_profiles)

@@ -123,6 +123,19 @@ def _lane_of(event: dict[str, Any], lanes: int) -> int:
     return zlib.crc32(str(key).encode()) % lanes
 
 
+def event_of_row(
+    row: Row, src: RowSource, mapping: ColumnMapping | None, max_future_s: float
+) -> dict[str, Any]:
+    """The validated API event object for a row, or ValidationError in the API's words."""
+    if row.error is not None or row.data is None:
+        raise ValidationError(row.error or "unreadable row", None)
+    event = mapping.to_event(row.data) if mapping is not None else dict(row.data)
+    if event.get("event_id") is None:
+        event["event_id"] = derive_event_id(src.identity, row.line, row.content)
+    parse_event(event, 0, time.time(), max_future_s)
+    return event
+
+
 class Importer:
     """One import run; see the module docstring for the flow."""
 
@@ -151,6 +164,7 @@ class Importer:
                     mapping = ColumnMapping.default_for(src.header)
                 else:
                     mapping.check_columns(src.header, str(src.path))
+                    mapping = mapping.over_api_named(src.header)
             elif mapping is not None and mapping.is_empty:
                 mapping = None  # JSONL without a mapping: each line is an API event object
             self.sources.append(src)
@@ -176,14 +190,7 @@ class Importer:
     # -- 2. rows → events --------------------------------------------------------------
 
     def event_of(self, row: Row, src: RowSource, mapping: ColumnMapping | None) -> dict[str, Any]:
-        """The validated API event object for a row, or ValidationError in the API's words."""
-        if row.error is not None or row.data is None:
-            raise ValidationError(row.error or "unreadable row", None)
-        event = mapping.to_event(row.data) if mapping is not None else dict(row.data)
-        if event.get("event_id") is None:
-            event["event_id"] = derive_event_id(src.identity, row.line, row.content)
-        parse_event(event, 0, time.time(), self.options.max_future_s)
-        return event
+        return event_of_row(row, src, mapping, self.options.max_future_s)
 
     def _reject(self, src_path: str, line: int, fld: str | None, message: str) -> None:
         if fld is not None:

@@ -24,7 +24,9 @@ async def segment_members(request: Request) -> Response:
     """``{"rule": condition, "shard": i, "after": cursor, "limit": n}`` → ``{"ids", "next"}``.
 
     Walk shard 0..``shards``-1, each until ``next`` is null. The rule is
-    checked here first, so a bad rule is a 400 before any shard is asked.
+    checked here first, so a bad rule is a 400 before any shard is asked; a
+    null rule selects every customer. ``"profiles": true`` adds each member's
+    profile (``rtim export profiles``).
     """
     ing = await ingress_of(request)
     body = await read_body(request, ing.settings.max_body_bytes)
@@ -42,7 +44,9 @@ async def segment_members(request: Request) -> Response:
     limit = body.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE}", "limit")
-    reply = decode(
-        await ing.region.shards[shard].segment_members.remote(rule, after, limit), f"shard {shard}"
-    )
+    profiles = body.get("profiles", False)
+    if not isinstance(profiles, bool):
+        raise ValidationError("profiles must be true or false", "profiles")
+    call = ing.region.shards[shard].segment_members.remote(rule, after, limit, profiles)
+    reply = decode(await call, f"shard {shard}")
     return answer(request, {**reply, "shard": shard, "shards": shards})

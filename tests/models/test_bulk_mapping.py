@@ -67,3 +67,13 @@ def test_derived_event_ids_depend_on_file_row_and_content() -> None:
     assert a != derive_event_id("file-b", 7, "c1,page_view")
     assert a != derive_event_id("file-a", 8, "c1,page_view")
     assert a != derive_event_id("file-a", 7, "c1,purchase")
+
+
+def test_a_mapping_still_reads_api_named_columns_it_does_not_mention() -> None:
+    mapping = ColumnMapping({}, {"type": "profile_update"}, {"age": ("age", "int")})
+    full = mapping.over_api_named(["customer_id", "type", "age"])
+    assert full.to_event({"customer_id": "c", "type": "page_view", "age": "7"}) == {
+        "type": "profile_update",
+        "customer_id": "c",
+        "attributes": {"age": 7},
+    }
