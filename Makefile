@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,loadtest,train]'
+	$(PY) -m pip install --quiet -e '.[test,loadtest,train,bulk]'
 	touch $(STAMP)
 
 install: $(STAMP)

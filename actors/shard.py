@@ -55,6 +55,7 @@ from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
 from models.decisioning.request import DecideRequest
+from models.decisioning.segments import MAX_PAGE, compile_segment, segment_page
 from models.errors import RtimError, Unavailable
 from models.settings import Settings
 
@@ -268,6 +269,25 @@ class ProfileShardImpl:
 
     async def customer_ids(self) -> list[str]:
         return list(self.profiles.store.ids())
+
+    async def segment_members(
+        self, rule: dict | None, after: str | None, limit: int, profiles: bool = False
+    ) -> dict[str, Any] | Failed:
+        """One page of this shard's customers matching a segment rule (None: all).
+
+        With ``profiles`` the page also carries each member's profile view (exports).
+        """
+        try:
+            test = compile_segment(rule)
+        except RtimError as exc:
+            return Failed.of(exc)
+        ids, cursor = segment_page(
+            self.profiles.store, test, after, max(1, min(limit, MAX_PAGE)), time.time()
+        )
+        page: dict[str, Any] = {"ids": ids, "next": cursor}
+        if profiles:
+            page["profiles"] = [self.profiles.view(cid) for cid in ids]
+        return page
 
     async def set_slow(self, seconds: float) -> None:
         """Test hook: delay every decision and event batch by ``seconds``."""

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-wait", action="store_true", help="start the job and return")
     sc.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
     sc.set_defaults(func=_scale)
+    from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser
+
+    add_import_parser(sub)
+    add_campaign_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -39,7 +39,7 @@ os.register_at_fork(after_in_child=_new_id_prefix)  # a forked child never repea
 
 # The keys of an offer in a decide answer, in order.
 ANSWER_OFFER_KEYS = ("offer_id", "channel", "treatment", "placement", "content", "propensity",
-                     "priority", "value")  # fmt: skip
+                     "priority", "value", "probability")  # fmt: skip
 
 
 class ChosenOffer(msgspec.Struct, kw_only=True):

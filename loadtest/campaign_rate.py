@@ -1,0 +1,82 @@
+"""Campaign throughput: ``rtim campaign run`` over a preloaded segment, decisions per second.
+
+Starts ``rtim serve`` (``loadtest.launcher``; journal on, fsync ``always``),
+preloads ``--customers`` profiles with the real ``rtim import``, then runs the
+real ``rtim campaign run`` for a rule segment (every preloaded customer aged
+40 or more) on email and outbound_call, once per repeat under a new campaign
+id and output file. Prints decisions/s per repeat and the median.
+
+    .venv/bin/python -m loadtest.campaign_rate --customers 50000 --repeats 3
+
+Shared 2-core machine: the figure is what the box gave at that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from loadtest.launcher import running_server
+
+
+def preload(url: str, work: Path, customers: int) -> int:
+    src = work / "profiles.csv"
+    members = 0
+    with src.open("w") as f:
+        f.write("customer_id,age,income\n")
+        for i in range(customers):
+            age = 20 + (i * 7) % 60
+            members += age >= 40
+            f.write(f"cr-{i},{age},{30_000 + (i * 37) % 90_000}\n")
+    cmd = [sys.executable, "-m", "serving.cli", "import", str(src), "--url", url,
+           "--set", "type=profile_update", "--attribute", "age:int", "--attribute", "income:int",
+           "--checkpoint", str(work / "ckpt.json"), "--rejects", str(work / "rejects.csv"),
+           "--quiet"]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=1800)
+    return members
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--customers", type=int, default=50_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--ingress-mode", choices=["haproxy", "proxy"], default="haproxy")
+    args = p.parse_args(argv)
+    rule = json.dumps({"fact": "attr.age", "op": ">=", "value": 40})
+    rates = []
+    with tempfile.TemporaryDirectory(prefix="rtim-campaign-rate-") as tmp:
+        work = Path(tmp)
+        with running_server(work / "server", ingress_mode=args.ingress_mode) as server:
+            members = preload(server.url, work, args.customers)
+            for r in range(args.repeats):
+                out = work / f"campaign-{r}.csv"
+                cmd = [sys.executable, "-m", "serving.cli", "campaign", "run", "--url",
+                       server.url, "--segment", rule, "--channels", "email,outbound_call",
+                       "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
+                       "--batch-size", str(args.batch_size),
+                       "--concurrency", str(args.concurrency)]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                if done.returncode != 0:
+                    raise SystemExit(f"campaign failed:\n{done.stderr[-2000:]}")
+                summary = json.loads(done.stdout.strip().splitlines()[-1])
+                if summary["customers"] != members:
+                    raise SystemExit(f"expected {members} customers, got {summary}")
+                rates.append(summary["decisions_per_s"])
+                print(f"repeat {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
+                      f"({summary['customers']:,} customers in {summary['seconds']} s)",
+                      flush=True)  # fmt: skip
+    print(json.dumps({"decisions_per_s_median": statistics.median(rates), "repeats": rates,
+                      "segment_size": members, "batch_size": args.batch_size,
+                      "concurrency": args.concurrency}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

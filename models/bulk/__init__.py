@@ -1,0 +1,1 @@
+"""Bulk data: how rows of warehouse files become API events (pure, no I/O)."""

@@ -1,0 +1,1 @@
+"""Bulk data in and out of a running server: file imports (``rtim import``)."""
