@@ -73,12 +73,7 @@ def create_app(ingress: Ingress) -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_request_validation)
     app.add_exception_handler(Exception, handle_unexpected)
     app.add_middleware(InflightBound, ingress=ingress)
-    for router in (
-        operations.router,
-        channel.router,
-        profiles.router,
-        admin.router,
-        segments.router,
-    ):
+    for router in (operations.router, channel.router, profiles.router, admin.router):
         app.include_router(router)
+    app.include_router(segments.router)  # bulk jobs: campaign segments, profile exports
     return app

@@ -81,6 +81,10 @@ def _import(args: argparse.Namespace) -> int:
         print(f"rtim import: {getattr(exc, 'message', exc)}; nothing was sent", file=sys.stderr)
         return EXIT_USAGE
     if args.ray:
+        if args.resume or args.strict:
+            print("rtim import: --ray has no checkpoint or strict pre-check; run it without "
+                  "--resume/--strict (a re-run is idempotent)", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
         return _ray_import(args, mapping)
     code, summary = run_import(options)
     if args.json:

@@ -318,3 +318,11 @@ def test_server_going_away_mid_run_stops_with_resume_advice_then_resume_finishes
     assert code == EXIT_OK
     assert summary.read == 3000 and summary.applied + summary.duplicates == 3000
     assert page_views(server, list(expected)) == expected
+
+
+def test_ray_mode_refuses_resume_and_strict_before_reading_anything(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "serving.cli", "import", str(tmp_path / "x.csv")]
+    out = subprocess.run(
+        [*args, "--ray", "--resume"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == EXIT_USAGE and "--ray has no checkpoint" in out.stderr
