@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from models.errors import RtimError, Unavailable
+from serving.auth import Gatekeeper
 from serving.errors import (
     error_response,
     handle_http_error,
@@ -68,6 +69,7 @@ def create_app(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one replica, routes bound to ``ingress``."""
     app = FastAPI(title="RTIM decision server", version="0.1.0", description=DESCRIPTION)
     app.state.ingress = ingress
+    app.state.gate = Gatekeeper(ingress.settings)
     app.add_exception_handler(RtimError, handle_rtim_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_request_validation)

@@ -7,6 +7,7 @@ the body ``{"error": {"code", "message", "field"}}``.
 from __future__ import annotations
 
 import logging
+import math
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -14,12 +15,15 @@ from starlette.responses import Response
 
 from models.errors import (
     CatalogError,
+    Forbidden,
     IdentityConflict,
     MalformedBody,
     ModelError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RtimError,
+    Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
     ValidationError,
@@ -38,6 +42,9 @@ STATUS: dict[type[RtimError], int] = {
     ModelError: 422,
     Unavailable: 503,
     IdentityConflict: 409,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    RateLimited: 429,
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -55,8 +62,10 @@ def error_response(request: Request, exc: RtimError) -> Response:
     if isinstance(exc, ValidationError) and exc.code == "batch_too_large":
         status = 413
     headers = None
-    if isinstance(exc, Unavailable):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    if isinstance(exc, (Unavailable, RateLimited)):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="rtim"'}
     return encode(exc.to_dict(), wants_msgpack(request), status, headers)
 
 
