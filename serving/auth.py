@@ -30,6 +30,7 @@ from models.settings import Settings
 log = logging.getLogger("rtim.auth")
 
 REFRESH_S = 1.0
+MISS_REFRESH_S = 0.1
 
 _bearer = HTTPBearer(
     auto_error=False, scheme_name="bearer", description="Authorization: Bearer <key>"
@@ -72,6 +73,10 @@ class Gatekeeper:
         if not secret:
             raise Unauthenticated("an API key is required: send 'Authorization: Bearer <key>'")
         key = self.table.authenticate(secret)
+        if key is None and now >= self.next_check - REFRESH_S + MISS_REFRESH_S:
+            # Maybe a key made a moment ago: look again, at most ten times a second.
+            self.refresh(now)
+            key = self.table.authenticate(secret)
         if key is None:
             raise Unauthenticated("unknown or revoked API key")
         if scope is not None and not key.allows(scope):
