@@ -44,8 +44,10 @@ class Runtime:
 
 
 def free_port() -> int:
+    """A port free on every interface: HAProxy binds its stats port on all of them,
+    so a port free only on loopback (Ray listens on the node's address) can clash."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]
 
 
@@ -162,6 +164,9 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
             kwargs["address"] = address
             kwargs["runtime_env"] = {"env_vars": env}
         else:
+            # "local": always a new embedded Ray, never a cluster someone else
+            # started on this machine (`ray start` leaves a pointer in /tmp/ray).
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
             owns_ray = True
         # An embedded Ray's processes inherit the environment at start-up; put
