@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from models.errors import RtimError, Unavailable
+from serving import schema
 from serving.auth import Gatekeeper
 from serving.errors import (
     error_response,
@@ -77,4 +78,12 @@ def create_app(ingress: Ingress) -> FastAPI:
     app.add_middleware(InflightBound, ingress=ingress)
     for router in (operations.router, channel.router, profiles.router, admin.router):
         app.include_router(router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = schema.document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -25,6 +25,7 @@ router = APIRouter()
     tags=["events"],
     summary="Record customer events",
     dependencies=[require("events:write")],
+    responses=schema.typed(schema.EVENTS_ANSWER, "every event applied or a duplicate"),
     openapi_extra=schema.body(
         schema.EVENTS_BODY,
         "A batch is validated whole: one invalid event rejects the batch and "
@@ -46,6 +47,7 @@ async def events(request: Request) -> Response:
     tags=["decisions"],
     summary="Next best action for one customer",
     dependencies=[require("decide")],
+    responses=schema.typed(schema.DECISION),
     openapi_extra=schema.body(
         schema.DECIDE_BODY,
         "An empty `offers` list means no message. `explain: true` adds the trace. "
@@ -78,6 +80,7 @@ async def decide(request: Request) -> Response:
     tags=["decisions"],
     summary="Decisions for many customers (outbound campaigns)",
     dependencies=[require("decide")],
+    responses=schema.typed(schema.DECISIONS, "one decision per customer, in request order"),
     openapi_extra=schema.body(
         schema.DECIDE_BATCH_BODY,
         'Either `{"requests": [decide bodies]}` or `{"customer_ids": [...], '

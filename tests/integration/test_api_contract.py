@@ -2,7 +2,8 @@
 
 Each operation gets at most ``EXAMPLES`` generated requests (bodies, paths,
 query strings, hostile strings included), sent with the suite's admin key.
-No answer may be a 5xx, and every answer must match its documented schema.
+No answer may be a 5xx, every status must be documented for its operation,
+and every answer must match its documented schema.
 (schemathesis' own pytest plugin does not load under this pytest version, so
 the operations are walked here, one Hypothesis run each.)
 """
@@ -12,7 +13,10 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 from tests_support import auth_headers
 
 EXAMPLES = 25
@@ -31,7 +35,7 @@ def fuzz(op, calls: dict[str, int]) -> None:
         calls[label] = calls.get(label, 0) + 1
         case.call_and_validate(
             headers=auth_headers(),
-            checks=[not_a_server_error, response_schema_conformance],
+            checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
             timeout=30,
         )
 
@@ -47,3 +51,16 @@ def test_no_5xx_and_every_answer_matches_its_schema(server: str) -> None:
     labels = {f"{op.method.upper()} {op.path}" for op in operations}
     assert len(operations) >= 17 and set(calls) == labels, calls
     print(f"schemathesis: {len(operations)} operations, {sum(calls.values())} examples")
+
+
+async def test_openapi_types_answers_and_documents_real_errors(client) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    decide = doc["paths"]["/v1/decide"]["post"]["responses"]
+    assert decide["200"]["content"]["application/json"]["schema"]["required"][0] == "decision_id"
+    for status in ("400", "401", "403", "413", "415", "429", "503"):
+        err = decide[status]["content"]["application/json"]["schema"]
+        assert err["properties"]["error"]["required"] == ["code", "message", "field"]
+    # Parameter errors are 400s with our body, never FastAPI's 422.
+    assert "422" not in doc["paths"]["/v1/profiles/{customer_id}"]["get"]["responses"]
+    assert "HTTPValidationError" not in str(doc)
+    assert "security" not in doc["paths"]["/healthz"]["get"]
