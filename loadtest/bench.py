@@ -499,6 +499,8 @@ def bench_one_server(
     try:
         with launcher.running_server(run_dir, ingress_mode=mode, fsync=fsync, shards=shards) as srv:
             say(f"  up at {srv.url} in {srv.started_in_s:.1f}s (pid {srv.proc.pid})")
+            # Every client (raw, aiohttp, locust children) sends this key.
+            os.environ["RTIM_API_KEY"] = srv.api_key
             out = run_async(_bench_server(srv.host, srv.port, srv.url, srv.sid, plan, args))
             out["server"] = {
                 "url": srv.url,

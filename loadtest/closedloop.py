@@ -14,6 +14,7 @@ and ``aiohttp`` (for comparison, see ``bench --client-cost``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from loadtest.http11 import KeepAliveConnection, Request, encode_request
+from loadtest.http11 import API_KEY_ENV, KeepAliveConnection, Request, auth_line, encode_request
 
 CLIENTS = ("raw", "aiohttp")
 MAX_ERROR_SAMPLES = 3
@@ -42,6 +43,7 @@ class RawClient:
     def __init__(self, host: str, port: int, timeout_s: float) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self.host_header = f"{host}:{port}"
+        self.auth = auth_line()
         self.conn: KeepAliveConnection | None = None
 
     async def send(self, req: Request) -> tuple[int, bytes]:
@@ -49,7 +51,9 @@ class RawClient:
             if self.conn is not None:
                 self.conn.close()
             self.conn = await KeepAliveConnection.open(self.host, self.port)
-        return await self.conn.send(encode_request(req, self.host_header), self.timeout_s)
+        return await self.conn.send(
+            encode_request(req, self.host_header, self.auth), self.timeout_s
+        )
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -69,6 +73,8 @@ class AiohttpClient:
             skip_auto_headers=("User-Agent",),
         )
         self.headers = {"Content-Type": "application/json"}
+        if key := os.environ.get(API_KEY_ENV):
+            self.headers["Authorization"] = f"Bearer {key}"
 
     async def send(self, req: Request) -> tuple[int, bytes]:
         async with self.session.request(

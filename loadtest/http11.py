@@ -14,7 +14,18 @@ request in flight per connection, no redirects, no TLS.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import NamedTuple
+
+# The API key every load client sends (the benchmark sets it to the admin key
+# of the server it starts; set it yourself for --url or locust).
+API_KEY_ENV = "RTIM_API_KEY"
+
+
+def auth_line() -> str:
+    """The ``Authorization`` header line for ``$RTIM_API_KEY`` ("" if unset)."""
+    key = os.environ.get(API_KEY_ENV, "")
+    return f"Authorization: Bearer {key}\r\n" if key else ""
 
 
 class Request(NamedTuple):
@@ -25,9 +36,9 @@ class Request(NamedTuple):
     body: bytes = b""
 
 
-def encode_request(req: Request, host: str) -> bytes:
-    """The request as bytes on the wire (JSON body, keep-alive)."""
-    head = f"{req.method} {req.path} HTTP/1.1\r\nHost: {host}\r\n"
+def encode_request(req: Request, host: str, auth: str = "") -> bytes:
+    """The request as bytes on the wire (JSON body, keep-alive); ``auth``: see :func:`auth_line`."""
+    head = f"{req.method} {req.path} HTTP/1.1\r\nHost: {host}\r\n{auth}"
     if req.body or req.method in ("POST", "PUT"):
         head += f"Content-Type: application/json\r\nContent-Length: {len(req.body)}\r\n"
     return (head + "\r\n").encode() + req.body

@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     data = tempfile.mkdtemp(prefix="rtim-identity-", dir=Path("var").resolve())
     settings = load_settings(None, {"port": free_port(), "data_dir": data})
     print("starting the server ...", flush=True)
+    key_file = server.ensure_local_admin_key(settings)
+    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file else {}
     runtime = server.start(settings)
     try:
-        with httpx.Client(base_url=runtime.url, timeout=30) as c:
+        with httpx.Client(base_url=runtime.url, timeout=30, headers=headers) as c:
             accounts = [f"acct-{i}" for i in range(args.customers)]
             cookies = [f"ck-{uuid.uuid4().hex[:12]}" for _ in accounts]
             events = [

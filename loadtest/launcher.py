@@ -60,6 +60,11 @@ class ServerProcess:
     def sid(self) -> int:
         return self.proc.pid  # the child leads its own session
 
+    @property
+    def api_key(self) -> str:
+        """The admin key ``rtim serve`` made on first start in its data directory."""
+        return (self.data_dir / "admin.key").read_text().strip()
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -84,8 +89,10 @@ def _die_with_parent() -> None:
 
 def http_json(url: str, timeout_s: float = 10.0) -> tuple[int, Any]:
     """GET ``url``; (status, decoded JSON or None)."""
+    key = os.environ.get("RTIM_API_KEY")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             raw, status = resp.read(), resp.status
     except urllib.error.HTTPError as exc:
         raw, status = exc.read(), exc.code

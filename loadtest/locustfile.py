@@ -69,6 +69,8 @@ OUTBOUND_CHANNELS = _env_list("OUTBOUND_CHANNELS", "email,outbound_call")
 CAMPAIGN_BATCH = int(_env("CAMPAIGN_BATCH", "50"))
 EVENT_BATCH = int(_env("EVENT_BATCH", "100"))
 RESPONSE_RATE = float(_env("RESPONSE_RATE", "0.3"))
+# The key to send: RTIM_LT_API_KEY, else RTIM_API_KEY (as for the benchmark).
+API_KEY = _env("API_KEY", os.environ.get("RTIM_API_KEY", ""))
 MIX = _weights(_env("MIX", "web_visitor=10,call_center=3,outbound_campaign=1,event_firehose=2"))
 
 if CUSTOMERS < 1 or WAIT_MIN < 0 or WAIT_MAX < WAIT_MIN:
@@ -81,6 +83,7 @@ class RtimUser(FastHttpUser):
     abstract = True
     host = HOST
     wait_time = between(WAIT_MIN, WAIT_MAX)
+    default_headers = {"Authorization": f"Bearer {API_KEY}"} if API_KEY else None
 
     def on_start(self) -> None:
         self.rng = random.Random()

@@ -91,6 +91,28 @@ class Unavailable(RtimError):
         self.retry_after_s = retry_after_s
 
 
+class Unauthenticated(RtimError):
+    """No API key, or one the server does not know (or has revoked)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(RtimError):
+    """The API key is valid but lacks the scope the route needs."""
+
+    code = "forbidden"
+
+
+class RateLimited(RtimError):
+    """The API key is over its request rate; retry after ``retry_after_s``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, None)
+        self.retry_after_s = retry_after_s
+
+
 _BY_CODE: dict[str, type[RtimError]] = {
     "invalid_request": ValidationError,
     "malformed_body": MalformedBody,

@@ -59,6 +59,8 @@ class Settings:
     # An ingress replica trusts a cached identifier lookup for at most this long;
     # shards keep erasure tombstones for twice that (see README, Recognition).
     identity_cache_ttl_s: float = 300.0
+    auth: bool = True  # API keys required (see docs/security.md); off only on loopback
+    client_timeout_s: int = 30  # HAProxy closes a client idle this long mid-request
 
     def __post_init__(self) -> None:
         positive = (
@@ -68,6 +70,7 @@ class Settings:
             "identity_cache_ttl_s", "decide_deadline_ms", "max_inflight_per_replica",
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
             "move_partitions",
+            "client_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

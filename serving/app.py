@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from models.errors import RtimError, Unavailable
+from serving import schema
+from serving.auth import Gatekeeper
 from serving.errors import (
     error_response,
     handle_http_error,
@@ -68,6 +70,7 @@ def create_app(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one replica, routes bound to ``ingress``."""
     app = FastAPI(title="RTIM decision server", version="0.1.0", description=DESCRIPTION)
     app.state.ingress = ingress
+    app.state.gate = Gatekeeper(ingress.settings)
     app.add_exception_handler(RtimError, handle_rtim_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_request_validation)
@@ -76,4 +79,12 @@ def create_app(ingress: Ingress) -> FastAPI:
     for router in (operations.router, channel.router, profiles.router, admin.router):
         app.include_router(router)
     app.include_router(segments.router)  # bulk jobs: campaign segments, profile exports
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = schema.document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

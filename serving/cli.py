@@ -10,11 +10,15 @@ progress until it is done.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 
+from models.access import SCOPES, KeyStore
+from models.audit import AuditLog
+from models.errors import ValidationError
 from models.settings import SettingsError, load_settings
 
 
@@ -33,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "ingress_mode": args.ingress_mode,
                 "ingress_replicas": args.replicas,
                 "fsync": args.fsync,
+                "auth": False if args.no_auth else None,
             },
         )
     except SettingsError as exc:
@@ -47,13 +52,17 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     print(f"rtim: starting ({'joining ' + args.address if args.address else 'embedded Ray'})...")
     try:
+        server.check_exposure(settings, args.insecure)
+        made = server.ensure_local_admin_key(settings)
         runtime = server.start(settings, address=args.address)
-    except server.PortInUse as exc:
+    except (server.PortInUse, server.Exposed) as exc:
         print(f"rtim: {exc}", file=sys.stderr)
         return 1
     except server.LayoutConflict as exc:
         print(f"rtim: {exc}", file=sys.stderr)
         return 2
+    if made:
+        print(f"rtim: created an admin API key; it is in {made} (send it as a Bearer token)")
     print(f"rtim: serving with {runtime.shards} shards, ingress mode {settings.ingress_mode}")
     print(f"  API      {runtime.url}/v1/")
     print(f"  docs     {runtime.url}/docs")
@@ -125,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ingress-mode", choices=["haproxy", "proxy"])
     s.add_argument("--fsync", choices=["always", "batch", "off"], help="journal fsync policy")
     s.add_argument("--detach", action="store_true", help="deploy and exit (cluster mode)")
+    s.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback)")
+    s.add_argument(
+        "--insecure", action="store_true", help="allow --no-auth on a non-loopback address"
+    )
     s.set_defaults(func=_serve)
     sc = sub.add_parser("scale", help="move partitions live onto N profile shards")
     sc.add_argument("--shards", type=int, required=True, help="profile shards to end with")
@@ -137,7 +150,65 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_campaign_parser(sub)
     add_export_parser(sub)
+
+    k = sub.add_parser("keys", help="create, list and revoke API keys")
+    k.add_argument("--config", help="YAML settings file (for data_dir)")
+    k.add_argument("--data-dir")
+    ks = k.add_subparsers(dest="action", required=True)
+    kc = ks.add_parser("create", help="create a key and print its secret (once)")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scopes", required=True, help=f"comma-separated, of {', '.join(SCOPES)}")
+    kc.add_argument("--rps", type=float, default=0.0, help="requests a second (0: no limit)")
+    kc.add_argument("--burst", type=int, default=0, help="burst (default: rps)")
+    ks.add_parser("list", help="list keys (never their secrets)")
+    kr = ks.add_parser("revoke", help="revoke a key; replicas refuse it within seconds")
+    kr.add_argument("name")
+    k.set_defaults(func=_keys)
+
+    a = sub.add_parser("audit", help="print the audit trail, newest first")
+    a.add_argument("--config", help="YAML settings file (for data_dir)")
+    a.add_argument("--data-dir")
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--action", help="only this action (e.g. key.create, profile.erase)")
+    a.set_defaults(func=_audit)
     return parser
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    return load_settings(args.config, {"data_dir": args.data_dir}).data_dir
+
+
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        data_dir = _data_dir(args)
+        store, log = KeyStore(data_dir), AuditLog(data_dir)
+        if args.action == "create":
+            key, secret = store.create(args.name, args.scopes, args.rps, args.burst)
+            log.append("rtim keys", "key.create", key.name, "ok", scopes=list(key.scopes))
+            print(f"created key {key.name!r} with scopes {','.join(key.scopes)}")
+            print("secret (shown once; send it as 'Authorization: Bearer <secret>'):")
+            print(secret)
+        elif args.action == "list":
+            print(json.dumps([k.public() for k in store.load().keys], indent=1))
+        else:
+            key = store.revoke(args.name)
+            log.append("rtim keys", "key.revoke", key.name, "ok")
+            print(f"revoked key {key.name!r}")
+    except (SettingsError, ValidationError) as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    try:
+        entries = AuditLog(_data_dir(args)).tail(args.limit, args.action)
+    except SettingsError as exc:
+        print(f"rtim: {exc}", file=sys.stderr)
+        return 2
+    for entry in entries:
+        print(json.dumps(entry))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

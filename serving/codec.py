@@ -8,6 +8,7 @@ application/msgpack`` to get msgpack back; a msgpack request without an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,7 +17,8 @@ import yaml
 from starlette.requests import Request
 from starlette.responses import Response
 
-from models.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from models.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType, ValidationError
+from models.safe_yaml import load_bounded_yaml
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -40,7 +42,9 @@ async def read_body(request: Request, limit: int, yaml_ok: bool = False) -> Any:
     """Decode the body as JSON or msgpack (or YAML, if ``yaml_ok``); enforce ``limit`` bytes."""
     ctype = _media_type(request.headers.get("content-type"))
     is_yaml = yaml_ok and ctype in _YAML_TYPES
-    if ctype not in ("", JSON, *_MSGPACK_TYPES) and not ctype.endswith("+json") and not is_yaml:
+    # No default type: a browser can send a body without a CORS preflight only
+    # as text/plain, a form or with no type at all, so none of these is JSON.
+    if ctype not in (JSON, *_MSGPACK_TYPES) and not ctype.endswith("+json") and not is_yaml:
         also = ", application/yaml" if yaml_ok else ""
         raise UnsupportedMediaType(
             f"unsupported content type {ctype!r}; send application/json, application/msgpack{also}",
@@ -60,19 +64,64 @@ async def read_body(request: Request, limit: int, yaml_ok: bool = False) -> Any:
     if not raw:
         raise MalformedBody("request body is empty", "body")
     if is_yaml:
+        # Off the event loop: even a bounded document takes a while to compose.
         try:
-            return yaml.safe_load(raw)
+            data = await asyncio.to_thread(load_bounded_yaml, raw)
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise MalformedBody(f"body is not valid YAML: {exc}", "body") from None
+        check_text(data)
+        return data
     if ctype in _MSGPACK_TYPES:
         try:
-            return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types
             raise MalformedBody(f"body is not valid msgpack: {exc}", "body") from None
+        check_text(data)
+        return data
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedBody(f"body is not valid JSON: {exc}", "body") from None
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedBody(f"body is not valid JSON: {str(exc)[:200]}", "body") from None
+    # Lone surrogates reach a str only through a \u escape or raw ED A0..BF
+    # bytes (json.loads decodes bytes with surrogatepass), NULs through \u0000.
+    if b"\\u" in raw or b"\xed" in raw:
+        check_text(data)
+    return data
+
+
+def _bad_char(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "a lone surrogate (not valid Unicode)"
+    return None
+
+
+def check_text(data: Any, field: str = "") -> None:
+    """Refuse strings (keys and values) with NUL characters or lone surrogates.
+
+    Neither has a use in ids, attributes or catalogues, and a lone surrogate
+    cannot be encoded as UTF-8 for hashing, journalling or answering.
+    """
+    stack: list[tuple[Any, str]] = [(data, field)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            bad = _bad_char(value)
+            if bad:
+                raise ValidationError(f"text contains {bad}", where or None)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str):
+                    bad = _bad_char(key)
+                    if bad:
+                        raise ValidationError(f"a key contains {bad}", where or None)
+                stack.append((item, path))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def encode(

@@ -7,6 +7,7 @@ the body ``{"error": {"code", "message", "field"}}``.
 from __future__ import annotations
 
 import logging
+import math
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -14,13 +15,16 @@ from starlette.responses import Response
 
 from models.errors import (
     CatalogError,
+    Forbidden,
     IdentityConflict,
     MalformedBody,
     ModelError,
     MoveInProgress,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RtimError,
+    Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
     ValidationError,
@@ -40,6 +44,9 @@ STATUS: dict[type[RtimError], int] = {
     Unavailable: 503,
     IdentityConflict: 409,
     MoveInProgress: 409,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    RateLimited: 429,
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -57,8 +64,10 @@ def error_response(request: Request, exc: RtimError) -> Response:
     if isinstance(exc, ValidationError) and exc.code == "batch_too_large":
         status = 413
     headers = None
-    if isinstance(exc, Unavailable):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    if isinstance(exc, (Unavailable, RateLimited)):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="rtim"'}
     return encode(exc.to_dict(), wants_msgpack(request), status, headers)
 
 

@@ -1,4 +1,4 @@
-"""OpenAPI descriptions of the request bodies.
+"""OpenAPI descriptions of the request and response bodies and the error answers.
 
 Bodies are decoded and validated by ``models/`` (so JSON and msgpack share
 one validator and one error format); these schemas only document them in
@@ -13,9 +13,11 @@ from models.customer.events import EVENT_TYPES
 
 ERROR = {
     "type": "object",
+    "required": ["error"],
     "properties": {
         "error": {
             "type": "object",
+            "required": ["code", "message", "field"],
             "properties": {
                 "code": {"type": "string"},
                 "message": {"type": "string"},
@@ -24,6 +26,115 @@ ERROR = {
         }
     },
 }
+
+OFFER = {
+    "type": "object",
+    "required": ["offer_id", "channel", "treatment", "placement", "content", "value"],
+    "properties": {
+        "offer_id": {"type": "string"},
+        "channel": {"type": "string"},
+        "treatment": {"type": "string"},
+        "placement": {"type": ["string", "null"]},
+        "content": {"description": "the treatment's content reference, as in the catalogue"},
+        "propensity": {"type": ["number", "null"], "description": "absent on a fallback"},
+        "priority": {"type": ["number", "null"], "description": "absent on a fallback"},
+        "value": {"type": ["number", "null"]},
+    },
+}
+
+DECISION = {
+    "type": "object",
+    "required": ["decision_id", "customer_id", "offers", "catalog_version", "model_version",
+                 "fallback"],
+    "properties": {
+        "decision_id": {"type": "string"},
+        "customer_id": {"type": "string"},
+        "offers": {"type": "array", "items": OFFER, "description": "empty: no message"},
+        "catalog_version": {"type": "string"},
+        "model_version": {"type": ["string", "null"]},
+        "fallback": {"type": "boolean"},
+        "trace": {"type": "array", "items": {"type": "object"}, "description": "with explain"},
+    },
+}  # fmt: skip
+
+DECISIONS = {
+    "type": "object",
+    "required": ["decisions"],
+    "properties": {"decisions": {"type": "array", "items": DECISION}},
+}
+
+EVENTS_ANSWER = {
+    "type": "object",
+    "required": ["accepted", "applied", "duplicates"],
+    "properties": {
+        "accepted": {"type": "integer", "minimum": 0},
+        "applied": {"type": "integer", "minimum": 0},
+        "duplicates": {"type": "integer", "minimum": 0},
+        "identity": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            "description": "profiles merged or identifiers dropped while recognising",
+        },
+    },
+}
+
+# What each error status means; every one has the ERROR body.
+ERROR_STATUSES = {
+    "400": "invalid request (the error names the field)",
+    "401": "no API key, or an unknown or revoked one",
+    "403": "the API key lacks the scope this operation needs",
+    "404": "not found",
+    "409": "identifiers name two different known customers",
+    "413": "body or batch too large",
+    "415": "the body is not JSON or msgpack (or YAML for the catalogue)",
+    "422": "the catalogue or model fails validation",
+    "429": "the API key is over its rate limit; see Retry-After",
+    "503": "overloaded, starting, or a shard is down; see Retry-After",
+}
+_JSON = "application/json"
+
+
+def _statuses(path: str, op: dict[str, Any]) -> list[str]:
+    """The error statuses one operation can answer."""
+    if not op.get("security"):  # /healthz, /readyz
+        return ["503"] if path == "/readyz" else []
+    out = ["401", "403", "429", "503"]
+    if path == "/noop":
+        return out
+    out += ["400", "404"]
+    if "requestBody" in op:
+        out += ["413", "415"]
+    if path.startswith(("/v1/events", "/v1/decide", "/v1/profiles")):
+        out.append("409")
+    if path in ("/v1/admin/catalog", "/v1/admin/models") and "requestBody" in op:
+        out.append("422")
+    return sorted(out)
+
+
+def typed(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    """``responses`` for a route whose 200 answer has ``schema``."""
+    return {200: {"description": description, "content": {_JSON: {"schema": schema}}}}
+
+
+def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Give every operation its real error answers, all with the ERROR body.
+
+    FastAPI advertises a 422 ``HTTPValidationError`` for routes with
+    parameters; this server answers parameter errors with 400 and the ERROR
+    body, so that schema is dropped.
+    """
+    for path, methods in openapi.get("paths", {}).items():
+        for op in methods.values():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in _statuses(path, op):
+                entry = responses.setdefault(status, {"description": ERROR_STATUSES[status]})
+                entry["content"] = {_JSON: {"schema": ERROR}}
+    schemas = openapi.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return openapi
+
 
 IDENTIFIERS = {
     "type": "object",

@@ -29,6 +29,8 @@ from actors.coordinator import (
 from actors.identity import identity_name
 from actors.replies import Failed
 from actors.shard import NAMESPACE, shard_name
+from models.access import KeyStore
+from models.audit import AuditLog
 from models.settings import Settings
 from serving.deployment import build_app
 
@@ -49,8 +51,10 @@ class Runtime:
 
 
 def free_port() -> int:
+    """A port free on every interface: HAProxy binds its stats port on all of them,
+    so a port free only on loopback (Ray listens on the node's address) can clash."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]
 
 
@@ -86,6 +90,9 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if settings.ingress_mode == "haproxy" else "0"}
     # Serve's request logs cost more than a decision; keep them off by default.
     env["RAY_SERVE_LOG_TO_STDERR"] = "0"
+    # A client that stops sending mid-request (slow headers, truncated body)
+    # is dropped after this long, not HAProxy's default hour.
+    env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(settings.client_timeout_s)
     if embedded:
         # Ray starts workers at nice 15 (below its own daemons); the proxy,
         # replicas and shards ARE the server here, so run them at normal priority.
@@ -95,13 +102,54 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOCAL_ADMIN_KEY = "admin.key"
+
+
+class Exposed(RuntimeError):
+    """Refusing to listen beyond loopback with authentication off."""
+
+
+def check_exposure(settings: Settings, insecure: bool = False) -> None:
+    """No open server on a network: auth off is for loopback, unless ``insecure``."""
+    if not settings.auth and settings.host not in LOOPBACK and not insecure:
+        raise Exposed(
+            f"refusing to listen on {settings.host} with authentication off; "
+            "turn auth on (the default) or pass --insecure"
+        )
+
+
+def ensure_local_admin_key(settings: Settings) -> Path | None:
+    """On first start (no keys yet), an admin key in ``<data_dir>/admin.key`` (mode 0600).
+
+    Returns the file's path when one was made; ``None`` when auth is off or
+    keys exist.
+    """
+    store = KeyStore(settings.data_dir)
+    if not settings.auth or store.load().by_id:
+        return None
+    key, secret = store.create("local-admin", "admin")
+    path = Path(settings.data_dir) / LOCAL_ADMIN_KEY
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    AuditLog(settings.data_dir).append("rtim serve", "key.create", key.name, "ok", scopes=["admin"])
+    return path
+
+
 class PortInUse(RuntimeError):
     """The HTTP port is taken by another process."""
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail early: Serve's proxy binds with SO_REUSEPORT and would share the port."""
+    """Fail early: Serve's proxy binds with SO_REUSEPORT and would share the port.
+
+    SO_REUSEADDR, as every server sets it: sockets of a server stopped a
+    moment ago linger in TIME_WAIT and must not block a restart, while a
+    process still listening on the port still makes the bind fail.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -130,6 +178,9 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
             kwargs["address"] = address
             kwargs["runtime_env"] = {"env_vars": env}
         else:
+            # "local": always a new embedded Ray, never a cluster someone else
+            # started on this machine (`ray start` leaves a pointer in /tmp/ray).
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
             # A new Ray of our own, even when another one on this machine wrote
             # the "current cluster" file (ray start, ray.cluster_utils): never join it.

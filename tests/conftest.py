@@ -20,12 +20,17 @@ from models.settings import DEMO_DIR, Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests_support
 
+import tests_support  # noqa: E402
 from tests_support import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("rtim-data")
+    # The suite's key, made before start-up as `rtim keys create` would.
+    from models.access import KeyStore
+
+    _, tests_support.ADMIN_KEY = KeyStore(data).create("tests", "admin")
     # A private copy of the bundled registry, so tests can add model versions.
     registry = tmp_path_factory.mktemp("rtim-models") / "registry"
     shutil.copytree(DEMO_DIR / "registry", registry)
@@ -45,6 +50,7 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             "model_registry": str(registry),
             "max_inflight_per_shard": 16,
             "max_inflight_per_replica": 200,
+            "client_timeout_s": 10,
         },
     )
 
@@ -63,5 +69,7 @@ def server(server_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def client(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server, timeout=30.0) as c:
+    async with httpx.AsyncClient(
+        base_url=server, timeout=30.0, headers=tests_support.auth_headers()
+    ) as c:
         yield c

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import socket
 
+# The admin key the session fixture creates (tests/conftest.py).
+ADMIN_KEY = ""
+
+
+def auth_headers(secret: str | None = None) -> dict[str, str]:
+    """The Authorization header for ``secret`` (default: the suite's admin key)."""
+    return {"Authorization": f"Bearer {secret or ADMIN_KEY}"}
+
 
 def free_port() -> int:
     with socket.socket() as s:

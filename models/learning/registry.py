@@ -56,7 +56,8 @@ DEMO_REGISTRY = DEMO_DIR / "registry"
 
 # Versions become directory names and may arrive from the admin API, so they
 # are kept to a safe alphabet (no "..", no slashes).
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline ("v1\n").
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def check_version_name(version: str) -> str:
@@ -80,14 +81,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse ``<directory>/manifest.json``; raise :class:`ModelError` if unreadable."""
     path = Path(directory) / MANIFEST_FILE
+    # Named relative to the registry: messages reach API clients.
+    name = f"{path.parent.name}/{MANIFEST_FILE}"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{path} is missing") from None
+        raise ModelError(f"{name} is missing") from None
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
+        raise ModelError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(manifest, dict):
-        raise ModelError(f"{path} must hold a JSON object")
+        raise ModelError(f"{name} must hold a JSON object")
     return manifest
 
 
@@ -132,7 +135,7 @@ def _scorer_from(
         )
     model_path = directory / MODEL_FILE
     if not model_path.is_file():
-        raise ModelError(f"{model_path} is missing", "model")
+        raise ModelError(f"{MODEL_FILE} is missing", "model")
     expected = (manifest.get("model") or {}).get("sha256")
     if expected and file_sha256(model_path) != expected:
         raise ModelError(f"{MODEL_FILE} does not match the manifest's sha256", "model.sha256")
@@ -229,13 +232,13 @@ class ModelRegistry:
         """The newest version's scorer; :class:`NotFound` when the registry is empty."""
         version = self.latest_version()
         if version is None:
-            raise NotFound(f"no model versions in {self.root}", "version")
+            raise NotFound("no model versions in the registry", "version")
         return self.load(version)
 
     def _directory(self, version: str) -> Path:
         directory = self.root / check_version_name(version)
         if not (directory / MANIFEST_FILE).is_file():
-            raise NotFound(f"no model version {version!r} in {self.root}", "version")
+            raise NotFound(f"no model version {version!r} in the registry", "version")
         return directory
 
 

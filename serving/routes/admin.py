@@ -1,4 +1,8 @@
-"""Admin routes: catalogue, models, snapshot, counters, and scaling (live partition moves)."""
+"""Admin routes: catalogue, models, snapshot, counters, audit, and scaling (live moves).
+
+Every route needs a key with the ``admin`` scope; every change is written to
+the audit trail with its result, refusals included.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from actors.replies import Failed
+from models.audit import MAX_READ, AuditLog
 from models.decisioning.catalog import load_catalog
 from models.errors import CatalogError, RtimError, ValidationError
 from models.learning.registry import ModelRegistry, scorer_for_version
 from serving import schema
+from serving.audit import audit
+from serving.auth import require
 from serving.codec import read_body
 from serving.routes.common import API, answer, ingress_of
 
-router = APIRouter(prefix=f"{API}/admin", tags=["admin"])
+router = APIRouter(prefix=f"{API}/admin", tags=["admin"], dependencies=[require("admin")])
 
 
 @router.put(
@@ -34,14 +41,20 @@ router = APIRouter(prefix=f"{API}/admin", tags=["admin"])
 )
 async def put_catalog(request: Request) -> Response:
     ing = await ingress_of(request)
-    data = await read_body(request, ing.settings.max_body_bytes, yaml_ok=True)
-    if not isinstance(data, dict):
-        # Never a path or text for load_catalog to open on the server.
-        raise CatalogError("a catalogue must be a mapping (JSON object or YAML)", None)
-    catalog = load_catalog(data)  # CatalogError → 422 naming offer, rule and field
+    try:
+        data = await read_body(request, ing.settings.max_body_bytes, yaml_ok=True)
+        if not isinstance(data, dict):
+            # Never a path or text for load_catalog to open on the server.
+            raise CatalogError("a catalogue must be a mapping (JSON object or YAML)", None)
+        catalog = await asyncio.to_thread(load_catalog, data)  # CatalogError → 422
+    except RtimError as exc:
+        await audit(request, "catalog.replace", None, f"refused: {exc.code}")
+        raise
     result = await ing.region.coordinator.set_catalog.remote(catalog.to_dict())
     failed = [r for r in result["shards"] if "error" in r]
     ing.catalog = catalog
+    outcome = f"failed on {len(failed)} shards" if failed else "ok"
+    await audit(request, "catalog.replace", catalog.version, outcome)
     return answer(request, {**result, "failed": failed}, 503 if failed else 200)
 
 
@@ -74,11 +87,17 @@ async def activate_model(request: Request) -> Response:
     assert ing.catalog is not None
     # Load it here first: a model that does not match its manifest is
     # refused before any shard switches.
-    await asyncio.to_thread(
-        scorer_for_version, ing.settings.model_registry, version, ing.catalog.group_of
-    )
+    try:
+        await asyncio.to_thread(
+            scorer_for_version, ing.settings.model_registry, version, ing.catalog.group_of
+        )
+    except RtimError as exc:
+        await audit(request, "model.activate", version, f"refused: {exc.code}")
+        raise
     result = await ing.region.coordinator.set_model.remote(version)
     failed = [r for r in result["shards"] if "error" in r]
+    outcome = f"failed on {len(failed)} shards" if failed else "ok"
+    await audit(request, "model.activate", version, outcome)
     return answer(request, {**result, "failed": failed}, 503 if failed else 200)
 
 
@@ -86,7 +105,17 @@ async def activate_model(request: Request) -> Response:
 async def snapshot(request: Request) -> Response:
     ing = await ingress_of(request)
     results = await ing.region.broadcast("snapshot", timeout_s=300.0)
+    failed = sum(1 for r in results if not isinstance(r, dict) or "error" in r)
+    await audit(request, "shards.snapshot", None, f"failed on {failed} shards" if failed else "ok")
     return answer(request, {"shards": results})
+
+
+@router.get("/audit", summary="The audit trail, newest first")
+async def read_audit(request: Request, limit: int = 100, action: str | None = None) -> Response:
+    if not 1 <= limit <= MAX_READ:
+        raise ValidationError(f"limit must be 1..{MAX_READ}", "limit")
+    log = AuditLog(request.app.state.ingress.settings.data_dir)
+    return answer(request, {"entries": await asyncio.to_thread(log.tail, limit, action)})
 
 
 @router.get("/ingress", summary="Counters of the ingress replica that answers")

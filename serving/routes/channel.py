@@ -13,6 +13,7 @@ from models.decisioning.request import parse_decide_batch, parse_decide_request
 from models.errors import NotFound, ValidationError
 from models.identity.config import parse_identifiers
 from serving import schema
+from serving.auth import require
 from serving.codec import read_body
 from serving.routes.common import API, answer, ingress_of
 
@@ -23,6 +24,8 @@ router = APIRouter()
     f"{API}/events",
     tags=["events"],
     summary="Record customer events",
+    dependencies=[require("events:write")],
+    responses=schema.typed(schema.EVENTS_ANSWER, "every event applied or a duplicate"),
     openapi_extra=schema.body(
         schema.EVENTS_BODY,
         "A batch is validated whole: one invalid event rejects the batch and "
@@ -43,6 +46,8 @@ async def events(request: Request) -> Response:
     f"{API}/decide",
     tags=["decisions"],
     summary="Next best action for one customer",
+    dependencies=[require("decide")],
+    responses=schema.typed(schema.DECISION),
     openapi_extra=schema.body(
         schema.DECIDE_BODY,
         "An empty `offers` list means no message. `explain: true` adds the trace. "
@@ -74,6 +79,8 @@ async def decide(request: Request) -> Response:
     f"{API}/decide/batch",
     tags=["decisions"],
     summary="Decisions for many customers (outbound campaigns)",
+    dependencies=[require("decide")],
+    responses=schema.typed(schema.DECISIONS, "one decision per customer, in request order"),
     openapi_extra=schema.body(
         schema.DECIDE_BATCH_BODY,
         'Either `{"requests": [decide bodies]}` or `{"customer_ids": [...], '
@@ -94,6 +101,7 @@ async def decide_batch(request: Request) -> Response:
     f"{API}/decisions/{{decision_id}}",
     tags=["decisions"],
     summary="A logged decision with its candidates, scores and outcomes",
+    dependencies=[require("reports:read")],
 )
 async def get_decision(decision_id: str, request: Request) -> Response:
     ing = await ingress_of(request)

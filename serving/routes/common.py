@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from models.customer.events import MAX_ID_LEN
 from models.errors import ValidationError
-from serving.codec import encode, wants_msgpack
+from serving.codec import check_text, encode, wants_msgpack
 from serving.ingress import Ingress
 
 API = "/v1"
@@ -27,4 +27,5 @@ def answer(request: Request, data: object, status: int = 200) -> Response:
 def customer_id_param(value: str) -> str:
     if not value or len(value) > MAX_ID_LEN:
         raise ValidationError(f"customer_id must be 1..{MAX_ID_LEN} characters", "customer_id")
+    check_text(value, "customer_id")
     return value

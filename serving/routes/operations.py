@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving.auth import require
 from serving.routes.common import API, answer, ingress_of
 
 router = APIRouter(tags=["operations"])
@@ -42,12 +43,18 @@ async def readyz(request: Request) -> Response:
     return answer(request, body, 200 if ok else 503)
 
 
-@router.get("/noop", summary="Does nothing (benchmark baseline)")
+# Any valid key: the benchmark baseline pays the same auth cost as a decide.
+@router.get("/noop", summary="Does nothing (benchmark baseline)", dependencies=[require(None)])
 async def noop() -> Response:
     return Response(b'{"ok":true}', media_type="application/json")
 
 
-@router.get(f"{API}/catalog", tags=["catalogue"], summary="The active catalogue")
+@router.get(
+    f"{API}/catalog",
+    tags=["catalogue"],
+    summary="The active catalogue",
+    dependencies=[require(None)],
+)
 async def get_catalog(request: Request) -> Response:
     ing = await ingress_of(request)
     return answer(request, await ing.region.coordinator.get_catalog.remote())

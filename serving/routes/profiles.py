@@ -8,12 +8,17 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from models.audit import pseudonym
 from models.errors import NotFound, ValidationError
 from models.identity.config import parse_identifiers
+from serving.audit import audit
+from serving.auth import require
+from serving.codec import check_text
 from serving.ingress import Ingress
 from serving.routes.common import API, answer, customer_id_param, ingress_of
 
 router = APIRouter(tags=["profiles"])
+_read = [require("profiles:read")]
 
 
 async def _profile(ing: Ingress, cid: str) -> dict[str, Any]:
@@ -25,7 +30,7 @@ async def _profile(ing: Ingress, cid: str) -> dict[str, Any]:
     return profile
 
 
-@router.get(f"{API}/profiles/{{customer_id}}", summary="Read a profile")
+@router.get(f"{API}/profiles/{{customer_id}}", summary="Read a profile", dependencies=_read)
 async def get_profile(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)
     ing = await ingress_of(request)
@@ -35,10 +40,12 @@ async def get_profile(customer_id: str, request: Request) -> Response:
 @router.get(
     f"{API}/profiles",
     summary="Find a profile by an identifier (e.g. ?cookie=abc or ?account=42)",
+    dependencies=_read,
 )
 async def find_profile(request: Request) -> Response:
     ing = await ingress_of(request)
     ids = {k: v for k, v in request.query_params.items()}
+    check_text(ids)
     if not ids:
         types = list(ing.identity_config.types)
         raise ValidationError(
@@ -51,14 +58,21 @@ async def find_profile(request: Request) -> Response:
     return answer(request, await _profile(ing, pid))
 
 
-@router.delete(f"{API}/profiles/{{customer_id}}", summary="Erase a profile (right to erasure)")
+@router.delete(
+    f"{API}/profiles/{{customer_id}}",
+    summary="Erase a profile (right to erasure)",
+    dependencies=[require("profiles:erase")],
+)
 async def delete_profile(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)
     ing = await ingress_of(request)
     deleted = await ing.region.call_for(cid, "delete_profile", follow=False)
     forgotten = await ing.identity.erase(cid)
     await ing.region.broadcast("forget_moves", cid)
-    if not deleted and not forgotten:
+    found = bool(deleted or forgotten)
+    await audit(request, "profile.erase", pseudonym(cid), "erased" if found else "not_found",
+                identifiers=len(forgotten))  # fmt: skip
+    if not found:
         raise NotFound(f"no profile for customer {cid!r}", "customer_id")
     return answer(request, {"deleted": cid, "identifiers": forgotten})
 
@@ -67,6 +81,7 @@ async def delete_profile(customer_id: str, request: Request) -> Response:
     f"{API}/profiles/{{customer_id}}/decisions",
     tags=["decisions"],
     summary="A customer's logged decisions, newest first",
+    dependencies=_read,
 )
 async def customer_decisions(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from tests_support import replica_urls
+from tests_support import auth_headers, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.decisioning.catalog import load_catalog
@@ -232,7 +232,7 @@ async def fallbacks_on_all_replicas() -> int:
     urls = replica_urls(expect=2)
     assert len(urls) == 2, urls
     total = 0
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers()) as c:
         for url in urls:
             total += (await c.get(f"{url}/v1/admin/ingress")).json()["decide_fallbacks"]
     return total

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import ray
+from tests_support import auth_headers
 
 from actors.shard import NAMESPACE, shard_dir, shard_name
 from models.partitioning import PartitionMap
@@ -54,7 +55,7 @@ async def stream_while(
     deadline = time.monotonic() + 120
 
     async def client(cid: str) -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=10) as c:
+        async with httpx.AsyncClient(base_url=server, timeout=10, headers=auth_headers()) as c:
             for _ in range(batches):
                 batch = [ev(cid), ev(cid)]
                 await post_until_acked(c, batch, deadline)
@@ -160,7 +161,10 @@ async def test_overloaded_shard_answers_503_and_applies_nothing_it_refused(
     await shard.set_slow.remote(0.3)
     try:
         async with httpx.AsyncClient(
-            base_url=server, timeout=30, limits=httpx.Limits(max_connections=200)
+            base_url=server,
+            timeout=30,
+            limits=httpx.Limits(max_connections=200),
+            headers=auth_headers(),
         ) as c:
             answers = await asyncio.gather(
                 *(c.post("/v1/events", json={"events": [ev(cid)]}) for cid in customers)

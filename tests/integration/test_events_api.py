@@ -10,6 +10,7 @@ import httpx
 import msgpack
 import pytest
 import ray
+from tests_support import auth_headers
 
 from actors.shard import NAMESPACE, shard_name
 
@@ -78,7 +79,7 @@ async def test_read_your_writes_under_concurrent_clients(server: str) -> None:
     customers = [uid("ryw") for _ in range(20)]
 
     async def one_client(cid: str) -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=30) as c:
+        async with httpx.AsyncClient(base_url=server, timeout=30, headers=auth_headers()) as c:
             for i in range(1, 6):
                 r = await c.post("/v1/events", json={"events": [ev(cid, "page_view")]})
                 assert r.status_code == 200

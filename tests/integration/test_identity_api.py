@@ -7,6 +7,7 @@ import time
 import uuid
 
 import httpx
+from tests_support import auth_headers
 
 from models.identity.config import identifier_key, new_profile_id
 from models.partitioning import PartitionMap
@@ -80,7 +81,7 @@ async def test_merge_across_shards_under_concurrent_events_loses_and_doubles_not
     deadline = time.monotonic() + 60
 
     async def stream(identifiers: dict, n: int) -> None:
-        async with httpx.AsyncClient(base_url=server, timeout=10) as c:
+        async with httpx.AsyncClient(base_url=server, timeout=10, headers=auth_headers()) as c:
             for _ in range(n):
                 batch = {"events": [ev("page_view", identifiers)]}
                 while time.monotonic() < deadline:

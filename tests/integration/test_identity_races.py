@@ -16,7 +16,7 @@ from collections import defaultdict
 import httpx
 import pytest
 import ray
-from tests_support import replica_urls
+from tests_support import auth_headers, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.identity.config import new_profile_id
@@ -38,7 +38,7 @@ def ev(etype: str, identifiers: dict | None = None, **kw) -> dict:
 async def replicas(server: str):
     urls = replica_urls(expect=2)
     assert len(urls) == 2, urls
-    clients = [httpx.AsyncClient(base_url=u, timeout=30.0) for u in urls]
+    clients = [httpx.AsyncClient(base_url=u, timeout=30.0, headers=auth_headers()) for u in urls]
     yield clients
     for c in clients:
         await c.aclose()

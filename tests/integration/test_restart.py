@@ -1,4 +1,8 @@
-"""``rtim serve``, Ctrl-C, ``rtim serve`` again: everything is back."""
+"""``rtim serve``, Ctrl-C, ``rtim serve`` again at once on the same port: everything is back.
+
+The first start makes the local admin key (``<data_dir>/admin.key``), which
+the second start keeps using.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from tests_support import free_port, start_cli_server, stop_cli_server
+from tests_support import auth_headers, free_port, start_cli_server, stop_cli_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +32,17 @@ def test_restart_restores_profiles_history_and_decisions(tmp_path: Path) -> None
     customers = [f"restart-{uuid.uuid4().hex[:8]}" for _ in range(30)]
     proc = start_server(port, tmp_path / "data", log)
     base = f"http://127.0.0.1:{port}"
+    key_file = tmp_path / "data" / "admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert str(key_file) in log.read_text()
+    headers = auth_headers(key_file.read_text().strip())
+    assert httpx.get(f"{base}/noop", timeout=10).status_code == 401
+    # Keep-alive connections left open across the stop: the server closes
+    # them, and its side lingers in TIME_WAIT when the next start binds.
+    idle = httpx.Client(base_url=base, timeout=30, headers=headers)
     try:
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as c:
+            assert all(idle.get("/noop").status_code == 200 for _ in range(5))
             events = []
             for cid in customers:
                 events += [
@@ -48,8 +61,10 @@ def test_restart_restores_profiles_history_and_decisions(tmp_path: Path) -> None
         stop_server(proc)
     assert "stopped" in log.read_text()
     proc = start_server(port, tmp_path / "data", log)
+    idle.close()
+    assert "Address already in use" not in log.read_text()
     try:
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as c:
             for cid in customers:
                 after = c.get(f"/v1/profiles/{cid}").json()
                 assert after["history"] == before[cid]["history"]

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import tests_support
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUST = str(Path(sys.executable).parent / "locust")
@@ -108,6 +109,7 @@ def test_locust_scenarios_run_headless_without_failures(server: str, tmp_path: P
     env = {
         "RTIM_LT_WAIT_MIN": "0.05", "RTIM_LT_WAIT_MAX": "0.2", "RTIM_LT_CUSTOMERS": "300",
         "RTIM_LT_EVENT_BATCH": "50", "RTIM_LT_CAMPAIGN_BATCH": "20", "RTIM_LT_RESPONSE_RATE": "1",
+        "RTIM_LT_API_KEY": tests_support.ADMIN_KEY,
     }  # fmt: skip
     cmd = [LOCUST, "-f", "loadtest/locustfile.py", "--headless", "-u", "16", "-r", "16",
            "-t", "5s", "--host", server, "--csv", str(prefix), "--only-summary"]  # fmt: skip
