@@ -57,6 +57,8 @@ class Settings:
     # An ingress replica trusts a cached identifier lookup for at most this long;
     # shards keep erasure tombstones for twice that (see README, Recognition).
     identity_cache_ttl_s: float = 300.0
+    # Adaptive models: each shard pulls the others' evidence this often (README, Learning).
+    learning_merge_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -65,6 +67,7 @@ class Settings:
             "shard_call_timeout_s", "snapshot_interval_s", "snapshot_journal_bytes",
             "identity_cache_ttl_s", "decide_deadline_ms", "max_inflight_per_replica",
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
+            "learning_merge_interval_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

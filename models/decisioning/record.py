@@ -24,7 +24,7 @@ MAX_OUTCOMES = 16
 
 # The keys of an offer in a decide answer, in order.
 ANSWER_OFFER_KEYS = ("offer_id", "channel", "treatment", "placement", "content", "propensity",
-                     "priority", "value")  # fmt: skip
+                     "priority", "value", "probability")  # fmt: skip
 
 
 class ChosenOffer(msgspec.Struct, kw_only=True):
@@ -68,6 +68,12 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     impressions: bool = False  # its offers were counted as impressions when decided
     trace: list[dict] | None = None  # with explain: every candidate's fate (never journalled)
     outcomes: list[Outcome] = []
+    # With which probability the policy chose no action (for an empty answer;
+    # 1.0 for a deterministic policy). Offers carry their own probability.
+    probability: float = 1.0
+    # Adaptive models: model key (offer@channel) -> predictor bins at decision
+    # time, so a later response is learned with the values the decision saw.
+    predictors: dict[str, list[str]] | None = None
 
     @staticmethod
     def new_id() -> str:
@@ -121,6 +127,8 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             "model_version": self.model_version,
             "fallback": self.fallback,
         }
+        if not self.offers:
+            out["probability"] = self.probability
         if self.fallback:
             for o in out["offers"]:
                 del o["propensity"], o["priority"]
@@ -149,6 +157,10 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             ],
             "impressions": self.impressions,
         }
+        if not self.offers:
+            out["probability"] = self.probability
+        if self.predictors:
+            out["predictors"] = self.predictors
         if self.outcomes:
             out["outcomes"] = [msgspec.structs.asdict(o) for o in self.outcomes]
         return out

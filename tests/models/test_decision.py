@@ -316,7 +316,8 @@ def test_decision_record_projects_to_answer_and_log_entry(demo: Catalog) -> None
     answer = json.loads(json.dumps(decision.answer()))
     assert answer["catalog_version"] == "demo-bank-2025.1" and answer["model_version"] == "fixed-1"
     assert set(answer["offers"][0]) == {"offer_id", "channel", "treatment", "placement",
-                                        "content", "propensity", "priority", "value"}  # fmt: skip
+                                        "content", "propensity", "priority", "value",
+                                        "probability"}  # fmt: skip
     assert answer["fallback"] is False and "trace" not in answer
     entry = json.loads(json.dumps(decision.log_entry()))
     assert entry["decision_id"] == answer["decision_id"]
