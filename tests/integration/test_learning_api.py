@@ -69,8 +69,10 @@ async def test_models_learn_on_every_shard_merge_and_show(
             good = (offer["offer_id"] == "card") == (SEGMENTS[i % 2] == "young")
             positives += good
             outcome = "accepted" if good else "rejected"
-            responses.append({"event_id": uuid.uuid4().hex, "customer_id": c, "type": "response",
-                              "decision_id": d["decision_id"], "attributes": {"outcome": outcome}})  # fmt: skip
+            responses.append(
+                {"event_id": uuid.uuid4().hex, "customer_id": c, "type": "response",
+                 "decision_id": d["decision_id"], "attributes": {"outcome": outcome}}
+            )  # fmt: skip
         await post_events(client, responses)
         await post_events(client, responses[:5])  # duplicates learn nothing
 
