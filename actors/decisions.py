@@ -61,7 +61,7 @@ class DecisionEngine:
         learning: Learning | None = None,
     ) -> None:
         self.settings = settings
-        self.learning = learning or Learning()
+        self.learning = learning or Learning(settings.decision_log_size)
         # Start from what the coordinator says is active; the journal may hold
         # a newer activation, which recovery applies on top.
         self.catalog: Catalog = load_catalog(catalog or settings.catalog)
@@ -159,6 +159,7 @@ class DecisionEngine:
 
     def _log(self, record: DecisionRecord, profile: Profile | None, now: float) -> None:
         self.log.add(record)
+        self.learning.note(record)
         if record.impressions and profile is not None:
             for o in record.offers:
                 profile.record_contact(now, o.offer_id, o.channel, "impression")
@@ -168,15 +169,17 @@ class DecisionEngine:
 
         The adaptive model of the offer learns from it (``actors/learning.py``).
         """
+        learning = self.catalog.learning
+        if learning is not None and ev.type == learning.goal:
+            self.learning.goal(ev.customer_id, ev.ts, self.log, self.catalog)
         if ev.type != "response" or ev.decision_id is None:
             return ev
         outcome = ev.attributes["outcome"]
         record = self.log.get(ev.decision_id)
         if record is not None and record.customer_id != ev.customer_id:
             record = None
-        seen = [o.offer_id for o in record.outcomes] if record is not None else []
         offer = self.log.attribute(ev.decision_id, ev.customer_id, ev.offer_id, outcome, ev.ts)
-        self.learning.learn(record, offer, outcome, offer in seen, self.catalog)
+        self.learning.learn(record, offer, outcome, self.catalog)
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)
         return ev

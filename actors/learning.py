@@ -9,6 +9,11 @@ before attribution, and a second response to the same offer (clicked, then
 accepted) is counted but not learned again. Responses to unknown, evicted or
 erased decisions are counted and ignored.
 
+Uplift: a response without an offer to a decision that chose nothing teaches
+the no-message model (``none@<channel>``), and a configured goal event (e.g.
+``purchase``) within ``goal_window`` of a customer's last adaptive decision
+is a positive for whatever that decision chose, message or none.
+
 Evidence needs no journal record of its own: it is a pure function of the
 journalled decisions and events, so replaying them re-learns it; snapshots
 hold it (:meth:`snapshot`). Reset and freeze are journalled
@@ -20,13 +25,17 @@ the sum of their exports (see :class:`~models.learning.adaptive.AdaptiveModels`)
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from actors.durable import JournalRecord, journal_record
 from models.decisioning.catalog import Catalog
+from models.decisioning.log import DecisionLog
 from models.decisioning.record import DecisionRecord
-from models.learning.adaptive import AdaptiveModels, model_key
+from models.learning.adaptive import NO_MESSAGE, AdaptiveModels, model_key
+
+NONE_PREFIX = f"{NO_MESSAGE}@"
 
 
 @journal_record("lreset")
@@ -45,11 +54,14 @@ class ModelFrozen(JournalRecord):
 class Learning:
     """Learns from attributed responses; answers what the models know."""
 
-    COUNTERS = ("learned", "unknown_decision", "not_offered", "repeat", "unlabelled", "frozen")
+    COUNTERS = ("learned", "unknown_decision", "not_offered", "repeat", "unlabelled", "frozen",
+                "goal_unattributed")  # fmt: skip
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, capacity: int = 10000, seed: int | None = None) -> None:
         self.models = AdaptiveModels(seed=seed)
         self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self.capacity = capacity  # customers whose last decision is remembered (= log size)
+        self.latest: OrderedDict[str, str] = OrderedDict()  # customer id -> decision id
 
     # -- state ------------------------------------------------------------------------
 
@@ -57,10 +69,13 @@ class Learning:
         self.models.reset()
         self.models.frozen.clear()
         self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self.latest.clear()
 
-    def load_snapshot(self, state: dict) -> None:
+    def load_snapshot(self, state: dict, log: DecisionLog) -> None:
         self.models.load(state.get("learning", {}))
         self.counts.update(state.get("learning_counts", {}))
+        for record in log.records():
+            self.note(record)
 
     def snapshot(self) -> dict[str, Any]:
         return {"learning": self.models.state(), "learning_counts": dict(self.counts)}
@@ -73,40 +88,75 @@ class Learning:
     # -- learning ---------------------------------------------------------------------
 
     def learn(
-        self,
-        record: DecisionRecord | None,
-        offer_id: str | None,
-        outcome: str,
-        repeat: bool,
-        catalog: Catalog,
+        self, record: DecisionRecord | None, offer_id: str | None, outcome: str, catalog: Catalog
     ) -> bool:
-        """Learn one attributed response; True when a model learned it."""
-        if record is None or offer_id is None:
+        """Learn one response attributed to ``record`` (None: unknown, evicted, erased).
+
+        A response without an offer to a decision that chose nothing teaches
+        the no-message model the decision stored.
+        """
+        if record is None:
             self.counts["unknown_decision"] += 1
             return False
         learning = catalog.learning
         if learning is None:
             return False
-        chosen = next((o for o in record.offers if o.offer_id == offer_id), None)
-        key = None if chosen is None else model_key(offer_id, chosen.channel)
-        bins = (record.predictors or {}).get(key) if key is not None else None
-        if key is None or bins is None:
-            self.counts["not_offered"] += 1  # not chosen, or not adaptive when decided
-            return False
-        if repeat:
-            self.counts["repeat"] += 1
-            return False
         label = learning.label(outcome)
         if label is None:
             self.counts["unlabelled"] += 1
             return False
-        preds = learning.predictors.get(offer_id)
-        if preds is None or len(preds) != len(bins):
+        return self._learn(record, self._arm(record, offer_id), label, catalog)
+
+    def goal(self, customer_id: str, ts: float, log: DecisionLog, catalog: Catalog) -> bool:
+        """A goal event (e.g. ``purchase``): a positive for the customer's last decision."""
+        learning = catalog.learning
+        did = self.latest.get(customer_id)
+        record = log.get(did) if did is not None else None
+        if learning is None or record is None or not 0 <= ts - record.ts <= learning.goal_window_s:
+            self.counts["goal_unattributed"] += 1
+            return False
+        first = record.offers[0].offer_id if record.offers else None
+        return self._learn(record, self._arm(record, first), True, catalog)
+
+    def note(self, record: DecisionRecord) -> None:
+        """Remember a customer's last adaptive decision (for goal events)."""
+        if record.predictors:
+            self.latest[record.customer_id] = record.decision_id
+            self.latest.move_to_end(record.customer_id)
+            while len(self.latest) > self.capacity:
+                self.latest.popitem(last=False)
+
+    @staticmethod
+    def _arm(record: DecisionRecord, offer_id: str | None) -> str | None:
+        if offer_id is None:
+            if record.offers:
+                return None
+            return next((k for k in record.predictors or {} if k.startswith(NONE_PREFIX)), None)
+        chosen = next((o for o in record.offers if o.offer_id == offer_id), None)
+        return None if chosen is None else model_key(offer_id, chosen.channel)
+
+    def _learn(
+        self, record: DecisionRecord, key: str | None, label: bool, catalog: Catalog
+    ) -> bool:
+        learning = catalog.learning
+        bins = (record.predictors or {}).get(key) if key is not None else None
+        if key is None or bins is None or learning is None:
+            self.counts["not_offered"] += 1  # not chosen, or not adaptive when decided
+            return False
+        if key in record.learned:
+            self.counts["repeat"] += 1
+            return False
+        if key.startswith(NONE_PREFIX):
+            preds = learning.baseline
+        else:
+            preds = learning.predictors.get(key.rsplit("@", 1)[0], ())
+        if len(preds) != len(bins):
             self.counts["not_offered"] += 1  # the catalogue changed the model since
             return False
         if not self.models.learn_one(key, [p.name for p in preds], bins, label):
             self.counts["frozen"] += 1
             return False
+        record.learned.append(key)
         self.counts["learned"] += 1
         return True
 
@@ -124,17 +174,22 @@ class Learning:
     def merge_peers(self, exports: list[dict[str, dict]]) -> None:
         self.models.merge_others(exports)
 
-    def keys(self, catalog: Catalog) -> list[str]:
-        """The adaptive models of a catalogue: one per adaptive offer × channel."""
-        if catalog.learning is None:
-            return []
-        return [
-            model_key(o.id, ch)
-            for o in catalog.offers.values()
-            if catalog.learning.is_adaptive(o.id)
-            for ch in dict.fromkeys(t.channel for t in o.treatments)
-        ]
-
     def summaries(self, catalog: Catalog, key: str | None = None) -> list[dict[str, Any]]:
-        keys = self.keys(catalog) if key is None else [key]
+        keys = adaptive_model_keys(catalog) if key is None else [key]
         return [self.models.summary(k) for k in keys]
+
+
+def adaptive_model_keys(catalog: Catalog) -> list[str]:
+    """A catalogue's adaptive models: per adaptive offer × channel (+ no message per channel)."""
+    learning = catalog.learning
+    if learning is None:
+        return []
+    keys = [
+        model_key(o.id, ch)
+        for o in catalog.offers.values()
+        if learning.is_adaptive(o.id)
+        for ch in dict.fromkeys(t.channel for t in o.treatments)
+    ]
+    if learning.ranking == "incremental":
+        keys += [model_key(NO_MESSAGE, ch) for ch in catalog.channels]
+    return keys

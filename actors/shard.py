@@ -84,7 +84,7 @@ class ProfileShardImpl:
         # Erasure tombstones outlive every replica's cached identifier lookups.
         tombstone_s = 2 * self.settings.identity_cache_ttl_s + 60
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
-        self.learning = Learning()
+        self.learning = Learning(self.settings.decision_log_size)
         self.engine = DecisionEngine(self.settings, catalog, model_version, self.learning)
         self.handover = Handover(self.settings.session_gap_s)
         self.durable = DurableState(
@@ -125,7 +125,7 @@ class ProfileShardImpl:
         self.profiles.load_snapshot(state)
         self.engine.load_snapshot(state)
         self.handover.load_snapshot(state)
-        self.learning.load_snapshot(state)
+        self.learning.load_snapshot(state, self.engine.log)
 
     def snapshot_state(self) -> dict:
         return {

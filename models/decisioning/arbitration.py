@@ -45,6 +45,8 @@ from models.decisioning.record import ChosenOffer, DecisionRecord
 from models.decisioning.request import DecideRequest
 from models.errors import ModelError
 from models.learning.adaptive import (
+    BASELINE_PROPENSITY,
+    NO_MESSAGE,
     AdaptiveModels,
     LearningConfig,
     choice_probabilities,
@@ -211,16 +213,21 @@ def _arbitrate(
             adaptive.add(learner, learning, len(rows), cand, p, profile, ctx, now)  # type: ignore[arg-type]
         rows.append([0.0, 0.0, p, c, cand, len(rows)])
     draws = None
-    if adaptive is not None and adaptive.columns:
+    uplift_of: dict[int, float] = {}  # column -> P(no message) to subtract (incremental ranking)
+    if adaptive is not None and learning.ranking == "incremental":  # type: ignore[union-attr]
+        adaptive.add_baseline(learner, learning, profile, s.context, now)  # type: ignore[arg-type]
+    if adaptive is not None and (adaptive.columns or adaptive.none_key):
         draws = adaptive.draw(learner, learning)  # type: ignore[arg-type]
         for k, col in enumerate(adaptive.columns):
             rows[col][2] = float(draws[0, k])
+            if adaptive.none_key:
+                uplift_of[col] = float(draws[0, -1])
     for row in rows:
         p, c, cand = row[2], row[3], row[4]
-        priority = p * c * cand.value * cand.levers
+        priority = (p - uplift_of.get(row[5], 0.0)) * c * cand.value * cand.levers
         row[0], row[1] = priority - cand.cost, priority
     probs, p_none = None, 1.0
-    if draws is not None:
+    if draws is not None and rows:
         probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit)  # type: ignore[arg-type]
     rows.sort(key=_by_net)  # stable: ties keep channel order, then catalogue order
     explain = req.explain
@@ -272,16 +279,19 @@ def _arbitrate(
         for _, pr, p, _, c, _ in rows
     ]  # fmt: skip
     predictors = None
-    if adaptive is not None and adaptive.columns:
+    if adaptive is not None:
         picked = {row[5] for row in chosen}
         predictors = {
             model_key(cand.offer_id, cand.channel): bins
             for _, cand, bins in adaptive.chosen_bins(picked)
-        } or None
+        }
+        if adaptive.none_key and not chosen:  # the no-message model learns from this one
+            predictors[adaptive.none_key] = adaptive.none_bins
+        predictors = predictors or None
     trace = None
     if explain:
         trace = list(s.removed or ())
-        seen = {} if adaptive is None else adaptive.explained()
+        seen = {} if adaptive is None else adaptive.explained(draws)
         trace.extend(
             _scored(row, rank, note, seen.get(row[5]))
             for rank, (row, note) in enumerate(zip(rows, notes), 1)
@@ -304,7 +314,8 @@ def _arbitrate(
 class _Adaptive:
     """The adaptive candidates of one decision: their posteriors and predictor bins."""
 
-    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "priors")
+    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "none", "none_bins", "none_key",
+                 "priors")  # fmt: skip
 
     def __init__(self) -> None:
         self.columns: list[int] = []  # row index of each adaptive candidate
@@ -314,6 +325,21 @@ class _Adaptive:
         self.b: list[float] = []
         self.priors: list[float] = []
         self.learned: list[float] = []
+        self.none_key = ""  # the no-message model (incremental ranking), drawn last
+        self.none_bins: list[str] = []
+        self.none: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)  # a, b, prior, learned
+
+    def add_baseline(
+        self, learner: AdaptiveModels, learning: LearningConfig, profile: Profile, ctx: dict,
+        now: float,
+    ) -> None:  # fmt: skip
+        """The no-message model of the request's first channel: P(outcome | no message)."""
+        names = [pr.name for pr in learning.baseline]
+        self.none_bins = [pr.bin(pr.getter(profile, ctx, None, now)) for pr in learning.baseline]
+        self.none_key = model_key(NO_MESSAGE, ctx["channel"])
+        prior = learning.starting_propensity or BASELINE_PROPENSITY
+        a, b, learned = learner.posterior(self.none_key, names, self.none_bins, prior)
+        self.none = (a, b, prior, learned)
 
     def add(
         self,
@@ -342,8 +368,10 @@ class _Adaptive:
         self.learned.append(learned)
 
     def draw(self, learner: AdaptiveModels, learning: LearningConfig) -> np.ndarray:
-        """``[M + 1, k]`` propensities; row 0 is the one this decision uses."""
+        """``[M + 1, k]`` propensities (+ the no-message one last); row 0 is the one used."""
         a, b = np.asarray(self.a), np.asarray(self.b)
+        if self.none_key:
+            a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
         if learning.exploration == "greedy":
             return (a / (a + b)).reshape(1, -1)
         return learner.rng.beta(a, b, size=(learning.draws + 1, len(a)))
@@ -352,12 +380,21 @@ class _Adaptive:
         return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)
                 if col in picked]  # fmt: skip
 
-    def explained(self) -> dict[int, dict]:
-        return {
+    def explained(self, draws: np.ndarray | None) -> dict[int, dict]:
+        out = {
             col: {"prior": round(pr, 6), "learned": round(le, 6), "posterior_mean":
                   round(a / (a + b), 6), "evidence": round(a + b, 2)}
             for col, pr, le, a, b in zip(self.columns, self.priors, self.learned, self.a, self.b)
         }  # fmt: skip
+        if self.none_key and draws is not None:
+            _, _, prior, learned = self.none
+            baseline = {
+                "model": self.none_key, "prior": round(prior, 6), "learned": round(learned, 6),
+                "sampled": round(float(draws[0, -1]), 6),
+            }  # fmt: skip
+            for row in out.values():
+                row["no_message"] = baseline
+        return out
 
 
 def _choice_probabilities(
@@ -370,9 +407,10 @@ def _choice_probabilities(
     net = np.empty((draws.shape[0], n))
     for row in rows:
         net[:, row[5]] = row[0]
+    base = draws[:, -1] if adaptive.none_key else 0.0
     for k, col in enumerate(adaptive.columns):
         _, _, _, c, cand, _ = rows[col]
-        net[:, col] = draws[:, k] * c * cand.value * cand.levers - cand.cost
+        net[:, col] = (draws[:, k] - base) * c * cand.value * cand.levers - cand.cost
     cands = [row[4] for row in rows]
     return choice_probabilities(
         net, [c.offer_id for c in cands], [c.group for c in cands],

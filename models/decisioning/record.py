@@ -74,6 +74,7 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     # Adaptive models: model key (offer@channel) -> predictor bins at decision
     # time, so a later response is learned with the values the decision saw.
     predictors: dict[str, list[str]] | None = None
+    learned: list[str] = []  # the models that learned from this decision's outcome (once each)
 
     @staticmethod
     def new_id() -> str:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.decisioning.facts import Getter, UnknownFact, compile_fact
+from models.decisioning.facts import Getter, UnknownFact, compile_fact, parse_duration
 from models.errors import CatalogError
 
 MISSING = "missing"
@@ -139,6 +139,10 @@ class LearningConfig:
     starting_propensity: float | None  # instead of the model's propensity, when set
     exploration: str  # "thompson" or "greedy" (posterior mean, no exploration)
     draws: int  # Monte Carlo draws for choice probabilities
+    ranking: str  # "propensity": P × C × V × L; "incremental": (P − P(no message)) × C × V × L
+    baseline: tuple[Predictor, ...]  # predictors of the no-message models (learning.predictors)
+    goal: str | None  # an event type that counts as a positive outcome of the last decision
+    goal_window_s: float  # ... when it comes this soon after the decision
     spec: dict  # as written, for to_dict()
     offer_specs: dict[str, Any]  # each offer's ``adaptive`` key as written
 
@@ -159,8 +163,10 @@ class LearningConfig:
 
 LEARNING_KEYS = frozenset(
     {"offers", "predictors", "positive", "negative", "prior_weight", "starting_propensity",
-     "exploration", "draws"}
+     "exploration", "draws", "ranking", "goal", "goal_window"}
 )  # fmt: skip
+NO_MESSAGE = "none"  # the offer id of the no-message models: none@<channel>
+BASELINE_PROPENSITY = 0.05  # prior of a no-message model without starting_propensity
 OUTCOMES = frozenset(DEFAULT_POSITIVE + DEFAULT_NEGATIVE)
 
 
@@ -246,9 +252,31 @@ def load_learning(
     draws = raw.get("draws", 200)
     if isinstance(draws, bool) or not isinstance(draws, int) or not 10 <= draws <= 10000:
         raise _fail("learning.draws", "must be an integer in [10, 10000]")
+    ranking = raw.get("ranking", "propensity")
+    if ranking not in ("propensity", "incremental"):
+        raise _fail("learning.ranking", "must be propensity or incremental")
+    baseline = tuple(
+        Predictor.from_spec(p, f"learning.predictors[{i}]", group_of)
+        for i, p in enumerate(default_specs)
+    )
+    if ranking == "incremental":
+        for i, p in enumerate(baseline):
+            if p.name.split(".")[0] in ("offer", "group", "channel") or p.name == "consent.channel":
+                raise _fail(
+                    f"learning.predictors[{i}]",
+                    f"{p.name!r} describes an offer; the no-message models cannot use it",
+                )
+    goal = raw.get("goal")
+    if goal is not None and (not isinstance(goal, str) or not goal or goal == "response"):
+        raise _fail("learning.goal", "must be an event type other than response, e.g. purchase")
+    try:
+        window = parse_duration(raw.get("goal_window", "7d"))
+    except ValueError as exc:
+        raise _fail("learning.goal_window", str(exc)) from None
     return LearningConfig(
         predictors, positive, negative, float(prior_weight),
-        None if start is None else float(start), exploration, draws, dict(raw),
+        None if start is None else float(start), exploration, draws, ranking, baseline, goal,
+        window, dict(raw),
         {k: s["adaptive"] for k, s in offer_specs.items() if "adaptive" in s},
     )  # fmt: skip
 

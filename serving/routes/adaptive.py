@@ -13,9 +13,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from actors.learning import adaptive_model_keys
 from models.decisioning.catalog import Catalog, load_catalog
 from models.errors import NotFound, ValidationError
-from models.learning.adaptive import AdaptiveModels, model_key
+from models.learning.adaptive import AdaptiveModels
 from serving.codec import read_body
 from serving.ingress import Ingress
 from serving.routes.common import API, answer, ingress_of
@@ -27,20 +28,9 @@ async def _catalog(ing: Ingress) -> Catalog:
     return load_catalog(await ing.region.coordinator.get_catalog.remote())
 
 
-def _keys(catalog: Catalog) -> list[str]:
-    if catalog.learning is None:
-        return []
-    return [
-        model_key(o.id, ch)
-        for o in catalog.offers.values()
-        if catalog.learning.is_adaptive(o.id)
-        for ch in dict.fromkeys(t.channel for t in o.treatments)
-    ]
-
-
 async def _known(ing: Ingress, model: str) -> Catalog:
     catalog = await _catalog(ing)
-    if model not in _keys(catalog):
+    if model not in adaptive_model_keys(catalog):
         raise NotFound(f"no adaptive model {model!r} in catalogue {catalog.version!r}", "model")
     return catalog
 
@@ -65,7 +55,7 @@ async def list_models(request: Request) -> Response:
     models, counts = await _merged(ing, catalog)
     body: dict[str, Any] = {
         "catalog_version": catalog.version,
-        "models": [models.summary(k) for k in _keys(catalog)],
+        "models": [models.summary(k) for k in adaptive_model_keys(catalog)],
         "responses": counts,
     }
     return answer(request, body)

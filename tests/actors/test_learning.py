@@ -134,3 +134,36 @@ async def test_empty_answer_carries_a_decision_id_and_probability(tmp_path: Path
     record = (await shard.decide([DecideRequest("a", ("web",))], None, 1))[0]
     answer = record.answer()
     assert answer["offers"] == [] and answer["decision_id"] and answer["probability"] == 1.0
+
+
+def uplift_catalog() -> dict:
+    doc = learning_catalog("uplift-1")
+    doc["learning"].update(ranking="incremental", goal="purchase", goal_window="1h",
+                           predictors=["attr.segment"], starting_propensity=0.05)  # fmt: skip
+    doc["arbitration"] = {"min_priority": 100}  # every answer is "no message"
+    return doc
+
+
+async def test_no_message_decisions_teach_the_baseline_by_response_and_goal(
+    tmp_path: Path,
+) -> None:
+    shard = make(tmp_path, uplift_catalog())
+    record = (await shard.decide([DecideRequest("a", ("web",))], None, 1))[0]
+    assert record.offers == [] and record.predictors == {"none@web": ["missing"]}
+    await shard.apply_events([response("a", record.decision_id, "ignored")], None, 1)
+    assert evidence(shard, "none@web") == 1
+    record_b = (await shard.decide([DecideRequest("b", ("web",))], None, 1))[0]
+    purchase = Event(uuid.uuid4().hex, "b", "purchase", time.time(), None, {}, None, None)
+    await shard.apply_events([purchase], None, 1)
+    ev = shard.learning.models.merged["none@web"]
+    assert ev.n == 2 and ev.pos == 1 and "none@web" in record_b.learned
+    # A second purchase does not teach the same decision twice; a late one nothing at all.
+    late = Event(uuid.uuid4().hex, "b", "purchase", time.time() + 7200, None, {}, None, None)
+    await shard.apply_events([purchase._replace(event_id="p2"), late], None, 1)
+    assert shard.learning.models.merged["none@web"].n == 2
+    assert shard.learning.counts["repeat"] == 1
+    assert shard.learning.counts["goal_unattributed"] == 1
+    shard.durable.close()
+    again = make(tmp_path, uplift_catalog())
+    assert again.learning.models.merged["none@web"].pos == 1
+    assert again.learning.latest["b"] == record_b.decision_id
