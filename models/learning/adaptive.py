@@ -71,13 +71,25 @@ class Predictor:
     name: str
     edges: tuple[float, ...] | None  # None: numbers use DEFAULT_EDGES
     getter: Getter
+    cross: bool = False  # several facts, one bin per combination of their bins
 
     @classmethod
     def from_spec(
         cls, spec: Any, field: str, group_of: Callable[[str], str | None] | None = None
     ) -> Predictor:
-        """``"attr.segment"`` or ``{fact: tenure_days, bins: [30, 180]}``."""
+        """``"attr.segment"``, ``{fact: tenure_days, bins: [30, 180]}`` or ``{cross: [a, b]}``."""
         edges = None
+        if isinstance(spec, dict) and "cross" in spec:
+            facts = spec["cross"]
+            if set(spec) != {"cross"} or not isinstance(facts, list) or len(facts) < 2:
+                raise _fail(field, "a cross predictor is {cross: [two or more fact names]}")
+            parts = [cls.from_spec(f, f"{field}.cross[{i}]", group_of) for i, f in enumerate(facts)]
+            getters = [p.getter for p in parts]
+
+            def joint(p: Any, c: dict, o: Any, n: float) -> tuple:
+                return tuple(g(p, c, o, n) for g in getters)
+
+            return cls(" × ".join(p.name for p in parts), None, joint, cross=True)
         if isinstance(spec, dict):
             extra = set(spec) - {"fact", "bins"}
             if extra:
@@ -103,11 +115,13 @@ class Predictor:
             ) from None
         return cls(spec, edges, getter)
 
-    def to_spec(self) -> Any:
-        return self.name if self.edges is None else {"fact": self.name, "bins": list(self.edges)}
-
     def bin(self, value: Any) -> str:
         """The bin of a fact value; ``"missing"`` when unset, never an error."""
+        if self.cross:
+            return "|".join(self.bin_one(v) for v in value)
+        return self.bin_one(value)
+
+    def bin_one(self, value: Any) -> str:
         if value is None:
             return MISSING
         if isinstance(value, bool):
