@@ -314,8 +314,8 @@ def _arbitrate(
 class _Adaptive:
     """The adaptive candidates of one decision: their posteriors and predictor bins."""
 
-    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "none", "none_bins", "none_key",
-                 "priors")  # fmt: skip
+    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "memo", "none", "none_bins",
+                 "none_key", "priors")  # fmt: skip
 
     def __init__(self) -> None:
         self.columns: list[int] = []  # row index of each adaptive candidate
@@ -325,6 +325,7 @@ class _Adaptive:
         self.b: list[float] = []
         self.priors: list[float] = []
         self.learned: list[float] = []
+        self.memo: dict[tuple[str, str], str] = {}  # (predictor, channel) -> bin
         self.none_key = ""  # the no-message model (incremental ranking), drawn last
         self.none_bins: list[str] = []
         self.none: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)  # a, b, prior, learned
@@ -354,7 +355,18 @@ class _Adaptive:
     ) -> None:
         preds = learning.predictors[cand.offer_id]
         names = [pr.name for pr in preds]
-        bins = [pr.bin(pr.getter(profile, ctx, cand, now)) for pr in preds]
+        memo = self.memo
+        bins = []
+        for pr in preds:
+            if pr.per_candidate:
+                bins.append(pr.bin(pr.getter(profile, ctx, cand, now)))
+                continue
+            # Facts about the customer and the request: once per decision (and channel).
+            key = (pr.name, ctx["channel"])
+            b = memo.get(key)
+            if b is None:
+                b = memo[key] = pr.bin(pr.getter(profile, ctx, cand, now))
+            bins.append(b)
         prior = learning.starting_propensity if learning.starting_propensity is not None else p
         a, b, learned = learner.posterior(
             model_key(cand.offer_id, cand.channel), names, bins, prior
@@ -374,7 +386,11 @@ class _Adaptive:
             a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
         if learning.exploration == "greedy":
             return (a / (a + b)).reshape(1, -1)
-        return learner.rng.beta(a, b, size=(learning.draws + 1, len(a)))
+        # Beta(a, b) = X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b): numpy's gamma
+        # sampler is ~2.5× faster than its beta sampler for these shapes.
+        shape = (learning.draws + 1, len(a))
+        x = learner.rng.standard_gamma(a, size=shape)
+        return x / (x + learner.rng.standard_gamma(b, size=shape))
 
     def chosen_bins(self, picked: set[int]) -> list[tuple[int, CandidateSpec, list[str]]]:
         return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)

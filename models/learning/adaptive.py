@@ -25,8 +25,11 @@ fixed offer propensity, or the catalogue's ``starting_propensity`` — weighs as
 so with no evidence the prior decides, and the learned estimate takes over as
 ``n`` grows past ``w`` (at ``n = w`` they weigh the same). Thompson sampling
 draws from this Beta; :func:`choice_probabilities` estimates with which
-probability the policy picks each candidate by repeating the draw ``M`` times
-(standard error ≤ ``0.5/√M``).
+probability the policy picks each candidate by repeating the draw ``M``
+times (``learning.draws``, default 100; the decision's own draw is one of
+them, so a chosen candidate never gets 0). Each estimate is unbiased with a
+standard error ≤ ``0.5/√(M+1)`` (≤ 0.05 at the default); averaged over many
+decisions, as off-policy evaluation does, the error shrinks further.
 
 A predictor is a fact name (:mod:`models.decisioning.facts`). Numbers fall into
 bins (``edges``, or :data:`DEFAULT_EDGES`), other values are their own bin (at
@@ -72,6 +75,7 @@ class Predictor:
     edges: tuple[float, ...] | None  # None: numbers use DEFAULT_EDGES
     getter: Getter
     cross: bool = False  # several facts, one bin per combination of their bins
+    per_candidate: bool = False  # reads the candidate offer (else: once per decision)
 
     @classmethod
     def from_spec(
@@ -89,7 +93,8 @@ class Predictor:
             def joint(p: Any, c: dict, o: Any, n: float) -> tuple:
                 return tuple(g(p, c, o, n) for g in getters)
 
-            return cls(" × ".join(p.name for p in parts), None, joint, cross=True)
+            name = " × ".join(p.name for p in parts)
+            return cls(name, None, joint, True, any(p.per_candidate for p in parts))
         if isinstance(spec, dict):
             extra = set(spec) - {"fact", "bins"}
             if extra:
@@ -113,7 +118,8 @@ class Predictor:
             raise _fail(
                 field, f"predictor {spec!r} is not a fact the server can compute ({exc})"
             ) from None
-        return cls(spec, edges, getter)
+        reads_offer = spec.split(".")[0] in ("offer", "group", "channel")
+        return cls(spec, edges, getter, False, reads_offer or spec == "consent.channel")
 
     def bin(self, value: Any) -> str:
         """The bin of a fact value; ``"missing"`` when unset, never an error."""
@@ -263,7 +269,7 @@ def load_learning(
     exploration = raw.get("exploration", "thompson")
     if exploration not in ("thompson", "greedy"):
         raise _fail("learning.exploration", "must be thompson or greedy")
-    draws = raw.get("draws", 200)
+    draws = raw.get("draws", 100)
     if isinstance(draws, bool) or not isinstance(draws, int) or not 10 <= draws <= 10000:
         raise _fail("learning.draws", "must be an integer in [10, 10000]")
     ranking = raw.get("ranking", "propensity")
