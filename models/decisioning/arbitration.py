@@ -201,23 +201,24 @@ def _arbitrate(
     req, profile = s.request, s.profile
     rows = []  # (net, priority, p, c, cand, column)
     it = iter(props)
-    learning = catalog.learning if learner is not None else None
-    adaptive = None if learning is None else _Adaptive()
+    adaptive = None
+    if learner is not None and catalog.learning is not None:
+        adaptive = _Adaptive(learner, catalog.learning)
     for cand, ctx in s.survivors:
         p = cand.propensity if cand.propensity is not None else next(it)
         c = cand.static_weight
         for test, weight in cand.weights:
             if test(profile, ctx, cand, now):
                 c *= weight
-        if adaptive is not None and cand.offer_id in learning.predictors:  # type: ignore[union-attr]
-            adaptive.add(learner, learning, len(rows), cand, p, profile, ctx, now)  # type: ignore[arg-type]
+        if adaptive is not None and cand.offer_id in adaptive.learning.predictors:
+            adaptive.add(len(rows), cand, p, profile, ctx, now)
         rows.append([0.0, 0.0, p, c, cand, len(rows)])
     draws = None
     uplift_of: dict[int, float] = {}  # column -> P(no message) to subtract (incremental ranking)
-    if adaptive is not None and learning.ranking == "incremental":  # type: ignore[union-attr]
-        adaptive.add_baseline(learner, learning, profile, s.context, now)  # type: ignore[arg-type]
+    if adaptive is not None and adaptive.learning.ranking == "incremental":
+        adaptive.add_baseline(profile, s.context, now)
     if adaptive is not None and (adaptive.columns or adaptive.none_key):
-        draws = adaptive.draw(learner, learning)  # type: ignore[arg-type]
+        draws = adaptive.draw()
         for k, col in enumerate(adaptive.columns):
             rows[col][2] = float(draws[0, k])
             if adaptive.none_key:
@@ -227,8 +228,8 @@ def _arbitrate(
         priority = (p - uplift_of.get(row[5], 0.0)) * c * cand.value * cand.levers
         row[0], row[1] = priority - cand.cost, priority
     probs, p_none = None, 1.0
-    if draws is not None and rows:
-        probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit)  # type: ignore[arg-type]
+    if adaptive is not None and draws is not None and rows:
+        probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit)
     rows.sort(key=_by_net)  # stable: ties keep channel order, then catalogue order
     explain = req.explain
     min_priority = catalog.arbitration.min_priority
@@ -314,10 +315,12 @@ def _arbitrate(
 class _Adaptive:
     """The adaptive candidates of one decision: their posteriors and predictor bins."""
 
-    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "memo", "none", "none_bins",
-                 "none_key", "priors")  # fmt: skip
+    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "learner", "learning", "memo",
+                 "none", "none_bins", "none_key", "priors")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, learner: AdaptiveModels, learning: LearningConfig) -> None:
+        self.learner = learner
+        self.learning = learning
         self.columns: list[int] = []  # row index of each adaptive candidate
         self.cands: list[CandidateSpec] = []
         self.bins: list[list[str]] = []
@@ -330,11 +333,9 @@ class _Adaptive:
         self.none_bins: list[str] = []
         self.none: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)  # a, b, prior, learned
 
-    def add_baseline(
-        self, learner: AdaptiveModels, learning: LearningConfig, profile: Profile, ctx: dict,
-        now: float,
-    ) -> None:  # fmt: skip
+    def add_baseline(self, profile: Profile, ctx: dict, now: float) -> None:
         """The no-message model of the request's first channel: P(outcome | no message)."""
+        learner, learning = self.learner, self.learning
         names = [pr.name for pr in learning.baseline]
         self.none_bins = [pr.bin(pr.getter(profile, ctx, None, now)) for pr in learning.baseline]
         self.none_key = model_key(NO_MESSAGE, ctx["channel"])
@@ -344,8 +345,6 @@ class _Adaptive:
 
     def add(
         self,
-        learner: AdaptiveModels,
-        learning: LearningConfig,
         column: int,
         cand: CandidateSpec,
         p: float,
@@ -353,6 +352,7 @@ class _Adaptive:
         ctx: dict,
         now: float,
     ) -> None:
+        learner, learning = self.learner, self.learning
         preds = learning.predictors[cand.offer_id]
         names = [pr.name for pr in preds]
         memo = self.memo
@@ -379,18 +379,19 @@ class _Adaptive:
         self.priors.append(prior)
         self.learned.append(learned)
 
-    def draw(self, learner: AdaptiveModels, learning: LearningConfig) -> np.ndarray:
+    def draw(self) -> np.ndarray:
         """``[M + 1, k]`` propensities (+ the no-message one last); row 0 is the one used."""
         a, b = np.asarray(self.a), np.asarray(self.b)
         if self.none_key:
             a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
+        learning, rng = self.learning, self.learner.rng
         if learning.exploration == "greedy":
             return (a / (a + b)).reshape(1, -1)
         # Beta(a, b) = X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b): numpy's gamma
         # sampler is ~2.5× faster than its beta sampler for these shapes.
         shape = (learning.draws + 1, len(a))
-        x = learner.rng.standard_gamma(a, size=shape)
-        return x / (x + learner.rng.standard_gamma(b, size=shape))
+        x = rng.standard_gamma(a, size=shape)
+        return x / (x + rng.standard_gamma(b, size=shape))
 
     def chosen_bins(self, picked: set[int]) -> list[tuple[int, CandidateSpec, list[str]]]:
         return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)
