@@ -16,8 +16,9 @@ is a positive for whatever that decision chose, message or none.
 
 Evidence needs no journal record of its own: it is a pure function of the
 journalled decisions and events, so replaying them re-learns it; snapshots
-hold it (:meth:`snapshot`). Reset and freeze are journalled
-(:class:`ModelsReset`, :class:`ModelFrozen`).
+hold it (:meth:`snapshot`). Reset, freeze and the negatives of
+``learning.negative_after`` (decisions that got no outcome in time) are
+journalled (:class:`ModelsReset`, :class:`ModelFrozen`, :class:`OutcomesTimedOut`).
 
 Across shards, :meth:`merge_peers` replaces what the other shards learned with
 the sum of their exports (see :class:`~models.learning.adaptive.AdaptiveModels`).
@@ -25,7 +26,7 @@ the sum of their exports (see :class:`~models.learning.adaptive.AdaptiveModels`)
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,12 @@ NONE_PREFIX = f"{NO_MESSAGE}@"
 @dataclass(frozen=True, slots=True)
 class ModelsReset(JournalRecord):
     model: str | None  # None: every adaptive model
+
+
+@journal_record("lexpire")
+@dataclass(frozen=True, slots=True)
+class OutcomesTimedOut(JournalRecord):
+    decision_ids: list[str]  # decisions without an outcome after learning.negative_after
 
 
 @journal_record("lfreeze")
@@ -62,6 +69,8 @@ class Learning:
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self.capacity = capacity  # customers whose last decision is remembered (= log size)
         self.latest: OrderedDict[str, str] = OrderedDict()  # customer id -> decision id
+        # Adaptive decisions by time, for learning.negative_after (bounded like the log).
+        self.pending: deque[tuple[float, str]] = deque(maxlen=capacity)
 
     # -- state ------------------------------------------------------------------------
 
@@ -70,6 +79,7 @@ class Learning:
         self.models.frozen.clear()
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self.latest.clear()
+        self.pending.clear()
 
     def load_snapshot(self, state: dict, log: DecisionLog) -> None:
         self.models.load(state.get("learning", {}))
@@ -121,10 +131,37 @@ class Learning:
     def note(self, record: DecisionRecord) -> None:
         """Remember a customer's last adaptive decision (for goal events)."""
         if record.predictors:
+            self.pending.append((record.ts, record.decision_id))
             self.latest[record.customer_id] = record.decision_id
             self.latest.move_to_end(record.customer_id)
             while len(self.latest) > self.capacity:
                 self.latest.popitem(last=False)
+
+    def expire(self, now: float, log: DecisionLog, catalog: Catalog) -> list[str]:
+        """Decisions older than ``negative_after`` without an outcome: learn each as a negative.
+
+        Returns their ids, for the shard to journal as :class:`OutcomesTimedOut`.
+        """
+        learning = catalog.learning
+        if learning is None or learning.negative_after_s is None:
+            return []
+        cutoff = now - learning.negative_after_s
+        expired = []
+        while self.pending and self.pending[0][0] <= cutoff:
+            _, did = self.pending.popleft()
+            record = log.get(did)
+            if record is not None and not record.learned:
+                expired.append(did)
+        self.timed_out(OutcomesTimedOut(expired), log, catalog)
+        return expired
+
+    def timed_out(self, rec: OutcomesTimedOut, log: DecisionLog, catalog: Catalog) -> None:
+        """Learn each decision of ``rec`` as a negative (live, and when replayed)."""
+        for did in rec.decision_ids:
+            record = log.get(did)
+            if record is not None and not record.learned:
+                first = record.offers[0].offer_id if record.offers else None
+                self._learn(record, self._arm(record, first), False, catalog)
 
     @staticmethod
     def _arm(record: DecisionRecord, offer_id: str | None) -> str | None:

@@ -40,7 +40,7 @@ from actors.handover import (
     ProfileMergedIn,
     ProfileMovedOut,
 )
-from actors.learning import Learning, ModelFrozen, ModelsReset
+from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
@@ -105,6 +105,9 @@ class ProfileShardImpl:
                 MovesForgotten: self.handover.forget,
                 ModelsReset: self.learning.reset,
                 ModelFrozen: self.learning.freeze,
+                OutcomesTimedOut: lambda r: self.learning.timed_out(
+                    r, self.engine.log, self.engine.catalog
+                ),
             },
         )
         self.started_at = time.time()
@@ -165,6 +168,7 @@ class ProfileShardImpl:
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
                 merged_at = time.time()
                 await self._merge_learning()
+            await self.expire_outcomes()
             self.durable.tick()
             self.profiles.prune(time.time())
             if self.durable.degraded is None and self.durable.recovered:
@@ -488,6 +492,15 @@ class ProfileShardImpl:
         return failed or {"shard": self.index, "model_version": active}
 
     # -- adaptive models --------------------------------------------------------------------
+
+    async def expire_outcomes(self, now: float | None = None) -> int:
+        """Learn decisions without an outcome after ``learning.negative_after`` as negatives."""
+        if self.durable.degraded is not None:
+            return 0
+        expired = self.learning.expire(now or time.time(), self.engine.log, self.engine.catalog)
+        if expired:
+            await self._record(OutcomesTimedOut(expired))
+        return len(expired)
 
     async def learning_evidence(self) -> dict[str, dict]:
         """This shard's own evidence, for the other shards' merge."""

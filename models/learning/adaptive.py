@@ -163,6 +163,7 @@ class LearningConfig:
     baseline: tuple[Predictor, ...]  # predictors of the no-message models (learning.predictors)
     goal: str | None  # an event type that counts as a positive outcome of the last decision
     goal_window_s: float  # ... when it comes this soon after the decision
+    negative_after_s: float | None  # no outcome this long after a decision: a negative
     spec: dict  # as written, for to_dict()
     offer_specs: dict[str, Any]  # each offer's ``adaptive`` key as written
 
@@ -183,7 +184,7 @@ class LearningConfig:
 
 LEARNING_KEYS = frozenset(
     {"offers", "predictors", "positive", "negative", "prior_weight", "starting_propensity",
-     "exploration", "draws", "ranking", "goal", "goal_window"}
+     "exploration", "draws", "ranking", "goal", "goal_window", "negative_after"}
 )  # fmt: skip
 NO_MESSAGE = "none"  # the offer id of the no-message models: none@<channel>
 BASELINE_PROPENSITY = 0.05  # prior of a no-message model without starting_propensity
@@ -293,10 +294,18 @@ def load_learning(
         window = parse_duration(raw.get("goal_window", "7d"))
     except ValueError as exc:
         raise _fail("learning.goal_window", str(exc)) from None
+    negative_after = None
+    if raw.get("negative_after") is not None:
+        try:
+            negative_after = parse_duration(raw["negative_after"])
+        except ValueError as exc:
+            raise _fail("learning.negative_after", str(exc)) from None
+        if negative_after <= 0:
+            raise _fail("learning.negative_after", "must be a positive duration such as 1h")
     return LearningConfig(
         predictors, positive, negative, float(prior_weight),
         None if start is None else float(start), exploration, draws, ranking, baseline, goal,
-        window, dict(raw),
+        window, negative_after, dict(raw),
         {k: s["adaptive"] for k, s in offer_specs.items() if "adaptive" in s},
     )  # fmt: skip
 

@@ -167,3 +167,22 @@ async def test_no_message_decisions_teach_the_baseline_by_response_and_goal(
     again = make(tmp_path, uplift_catalog())
     assert again.learning.models.merged["none@web"].pos == 1
     assert again.learning.latest["b"] == record_b.decision_id
+
+
+async def test_no_outcome_within_the_window_is_a_durable_negative(tmp_path: Path) -> None:
+    doc = learning_catalog("timeout-1")
+    doc["learning"]["negative_after"] = "10m"
+    shard = make(tmp_path, doc)
+    answered, offer_a = await decide(shard, "a")
+    silent, offer_b = await decide(shard, "b")
+    await shard.apply_events([response("a", answered, "accepted")], None, 1)
+    assert await shard.expire_outcomes(time.time() + 60) == 0  # not yet
+    assert await shard.expire_outcomes(time.time() + 601) == 1  # b's decision only
+    merged = shard.learning.models.merged
+    assert sum(ev.n for ev in merged.values()) == 2
+    assert sum(ev.pos for ev in merged.values()) == 1
+    assert shard.engine.log.get(silent).learned == [f"{offer_b}@web"]
+    shard.durable.close()
+    again = make(tmp_path, doc)
+    assert sum(ev.n for ev in again.learning.models.merged.values()) == 2
+    assert await again.expire_outcomes(time.time() + 601) == 0  # never twice
