@@ -128,7 +128,7 @@ def world_catalog(version: str = "learning-bench") -> dict:
                 "treatments": [{"id": f"{o}_{c}", "channel": c} for c in COST],
             }
             for o, v in VALUE.items()
-        ],  # fmt: skip
+        ],
         "arbitration": {"min_priority": 0.0},
         "learning": {
             "offers": "all",

@@ -173,7 +173,7 @@ async def test_no_outcome_within_the_window_is_a_durable_negative(tmp_path: Path
     doc = learning_catalog("timeout-1")
     doc["learning"]["negative_after"] = "10m"
     shard = make(tmp_path, doc)
-    answered, offer_a = await decide(shard, "a")
+    answered, _ = await decide(shard, "a")
     silent, offer_b = await decide(shard, "b")
     await shard.apply_events([response("a", answered, "accepted")], None, 1)
     assert await shard.expire_outcomes(time.time() + 60) == 0  # not yet
