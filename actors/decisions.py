@@ -185,6 +185,7 @@ class DecisionEngine:
         return ev
 
     def erase(self, customer_id: str) -> int:
+        self.learning.latest.pop(customer_id, None)  # learned counts name no customer
         return self.log.erase(customer_id)
 
     def entry(self, decision_id: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 import ray
+from tests_support import replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.partitioning import PartitionMap
@@ -62,7 +63,9 @@ async def test_models_learn_on_every_shard_merge_and_show(
         ])  # fmt: skip
         responses, positives = [], 0
         for i, c in enumerate(cids):
-            d = (await client.post("/v1/decide", json={"customer_id": c, "channel": "web"})).json()
+            body = {"customer_id": c, "channel": "web", "deadline_ms": 5000}
+            d = (await client.post("/v1/decide", json=body)).json()
+            assert not d["fallback"]
             offer = d["offers"][0]
             assert d["decision_id"] and 0 < offer["probability"] <= 1
             # The young take the card, seniors the pension.
@@ -104,13 +107,26 @@ async def test_models_learn_on_every_shard_merge_and_show(
         assert (await client.get("/v1/models/adaptive/nope@web")).status_code == 404
 
         explain = await client.post(
-            "/v1/decide", json={"customer_id": cids[1], "channel": "web", "explain": True}
+            "/v1/decide",
+            json={"customer_id": cids[1], "channel": "web", "explain": True, "deadline_ms": 5000},
         )
         rows = [t for t in explain.json()["trace"] if t["stage"] == "arbitration"]
         assert all({"prior", "learned", "sampled"} <= set(t) for t in rows)
     finally:
         r = await client.put("/v1/admin/catalog", json=original)
         assert r.status_code == 200, r.text
+        await refresh_every_replica()
+
+
+async def refresh_every_replica() -> None:
+    """Each ingress replica validates with its own copy of the catalogue and refreshes it
+    when a decision comes back with another version: decide once on each (on ``web``,
+    which both catalogues have), so no replica keeps validating against ours."""
+    for url in replica_urls(expect=2):
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as c:
+            body = {"customer_id": "catalogue-refresh", "channel": "web", "deadline_ms": 5000}
+            r = await c.post("/v1/decide", json=body)
+            assert r.status_code == 200, r.text
 
 
 async def test_catalogue_naming_an_unknown_predictor_is_refused(client: httpx.AsyncClient) -> None:
