@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint format model install clean
+.PHONY: serve test lint format model install clean bench-learning
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m loadtest.bench $(if $(filter 1 yes true,$(QUICK)),--quick) \
 		$(if $(PROFILES),--profiles $(PROFILES)) $(ARGS)
+
+# Adaptive models against an oracle in a simulated world, over the real API (see loadtest/learning.py).
+bench-learning: $(STAMP)
+	$(PY) -m loadtest.learning $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.durable import JournalRecord, journal_record
+from actors.learning import Learning
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.arbitration import decide_many
@@ -52,11 +53,19 @@ class ModelActivated(JournalRecord):
 class DecisionEngine:
     """Decides for one shard's customers and remembers what it decided."""
 
-    def __init__(self, settings: Settings, catalog: dict | None, model_version: str | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: dict | None,
+        model_version: str | None,
+        learning: Learning | None = None,
+    ) -> None:
         self.settings = settings
+        self.learning = learning or Learning(settings.decision_log_size)
         # Start from what the coordinator says is active; the journal may hold
         # a newer activation, which recovery applies on top.
         self.catalog: Catalog = load_catalog(catalog or settings.catalog)
+        self.learning.configure(self.catalog)
         self.model_error: str | None = None
         self.scorer: Any = PriorScorer()
         self.model_version: str = self.scorer.version
@@ -91,6 +100,7 @@ class DecisionEngine:
         catalog = load_catalog(data)
         if catalog.version != self.catalog.version:
             self.catalog = catalog
+            self.learning.configure(catalog)
         return catalog
 
     def activate_model(self, version: str, strict: bool = True) -> str:
@@ -123,7 +133,10 @@ class DecisionEngine:
         """One decision per item; impressions recorded on the given profiles."""
         if not items:
             return []
-        records = decide_many(items, self.catalog, self.scorer, now, self.settings.session_gap_s)
+        learner = self.learning.models if self.catalog.learning is not None else None
+        records = decide_many(
+            items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner
+        )
         on_decide = self.catalog.arbitration.impressions == "on_decide"
         for (profile, _), record in zip(items, records):
             record.impressions = on_decide and bool(record.offers)
@@ -146,22 +159,33 @@ class DecisionEngine:
 
     def _log(self, record: DecisionRecord, profile: Profile | None, now: float) -> None:
         self.log.add(record)
+        self.learning.note(record)
         if record.impressions and profile is not None:
             for o in record.offers:
                 profile.record_contact(now, o.offer_id, o.channel, "impression")
 
     def attribute(self, ev: Event) -> Event:
-        """Tie a response to its logged decision; fill in the offer it concerns."""
+        """Tie a response to its logged decision; fill in the offer it concerns.
+
+        The adaptive model of the offer learns from it (``actors/learning.py``).
+        """
+        learning = self.catalog.learning
+        if learning is not None and ev.type == learning.goal:
+            self.learning.goal(ev.customer_id, ev.ts, self.log, self.catalog)
         if ev.type != "response" or ev.decision_id is None:
             return ev
-        offer = self.log.attribute(
-            ev.decision_id, ev.customer_id, ev.offer_id, ev.attributes["outcome"], ev.ts
-        )
+        outcome = ev.attributes["outcome"]
+        record = self.log.get(ev.decision_id)
+        if record is not None and record.customer_id != ev.customer_id:
+            record = None
+        offer = self.log.attribute(ev.decision_id, ev.customer_id, ev.offer_id, outcome, ev.ts)
+        self.learning.learn(record, offer, outcome, self.catalog)
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)
         return ev
 
     def erase(self, customer_id: str) -> int:
+        self.learning.latest.pop(customer_id, None)  # learned counts name no customer
         return self.log.erase(customer_id)
 
     def entry(self, decision_id: str) -> dict[str, Any] | None:

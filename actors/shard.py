@@ -9,6 +9,7 @@ component:
 - :class:`~actors.decisions.DecisionEngine`: catalogue, model, decisions, decision log;
 - :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
 - :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
+- :class:`~actors.learning.Learning`: adaptive models, learning from responses.
 
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
@@ -48,6 +49,7 @@ from actors.handover import (
     ProfileMergedIn,
     ProfileMovedOut,
 )
+from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
@@ -92,7 +94,8 @@ class ProfileShardImpl:
         # Erasure tombstones outlive every replica's cached identifier lookups.
         tombstone_s = 2 * self.settings.identity_cache_ttl_s + 60
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
-        self.engine = DecisionEngine(self.settings, catalog, model_version)
+        self.learning = Learning(self.settings.decision_log_size)
+        self.engine = DecisionEngine(self.settings, catalog, model_version, self.learning)
         self.handover = Handover(self.settings.session_gap_s)
         self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
@@ -115,6 +118,11 @@ class ProfileShardImpl:
                 PartitionsHandedOff: self.handoff.handed_off,
                 PartitionsTakenOver: self.handoff.taken_over,
                 HandOffAcknowledged: self.handoff.acknowledged,
+                ModelsReset: self.learning.reset,
+                ModelFrozen: self.learning.freeze,
+                OutcomesTimedOut: lambda r: self.learning.timed_out(
+                    r, self.engine.log, self.engine.catalog
+                ),
             },
         )
         self.started_at = time.time()
@@ -130,12 +138,14 @@ class ProfileShardImpl:
         self.engine.reset()
         self.handover.reset()
         self.handoff.reset()
+        self.learning.reset_state()
 
     def load_snapshot(self, state: dict) -> None:
         self.profiles.load_snapshot(state)
         self.engine.load_snapshot(state)
         self.handover.load_snapshot(state)
         self.handoff.load_snapshot(state)
+        self.learning.load_snapshot(state, self.engine.log)
 
     def snapshot_state(self) -> dict:
         return {
@@ -146,6 +156,7 @@ class ProfileShardImpl:
             **self.engine.snapshot(),
             **self.handover.snapshot(),
             **self.handoff.snapshot(),
+            **self.learning.snapshot(),
         }
 
     def _replay_decisions(self, rec: DecisionsMade) -> None:
@@ -174,8 +185,13 @@ class ProfileShardImpl:
             self.timer = asyncio.get_running_loop().create_task(self._timer_loop())
 
     async def _timer_loop(self) -> None:
+        merged_at = 0.0
         while True:
             await asyncio.sleep(1.0)
+            if time.time() - merged_at >= self.settings.learning_merge_interval_s:
+                merged_at = time.time()
+                await self._merge_learning()
+            await self.expire_outcomes()
             self.durable.tick()
             self.profiles.prune(time.time())
             if self.durable.degraded is None and self.durable.recovered:
@@ -183,6 +199,21 @@ class ProfileShardImpl:
                     await self._deliver(absorbed)
                 for absorbed in list(self.handover.unrepointed):
                     await self._repoint(absorbed)
+
+    async def _merge_learning(self) -> None:
+        """Pull every other shard's evidence and decide with the sum (see actors/learning.py)."""
+        if self.engine.catalog.learning is None and not self.learning.models.local:
+            return
+        try:
+            peers = [h for i, h in enumerate((await self._topo())["shards"]) if i != self.index]
+            exports = await asyncio.wait_for(
+                asyncio.gather(*(h.learning_evidence.remote() for h in peers)), STEP_TIMEOUT_S
+            )
+        except Exception as exc:  # a peer restarting: keep the last merge, retry next round
+            log.warning("shard %d: learning merge skipped: %s", self.index, exc)
+            return
+        self.learning.merge_peers(list(exports))
+        self.learning.models.merged_at = time.time()
 
     async def _topo(self) -> dict[str, Any]:
         """Peer and identity shard handles, from the coordinator (the one directory)."""
@@ -599,6 +630,57 @@ class ProfileShardImpl:
             return Failed.of(exc)
         failed = await self._record(ModelActivated(active))
         return failed or {"shard": self.index, "model_version": active}
+
+    # -- adaptive models --------------------------------------------------------------------
+
+    async def expire_outcomes(self, now: float | None = None) -> int:
+        """Learn decisions without an outcome after ``learning.negative_after`` as negatives."""
+        if self.durable.degraded is not None:
+            return 0
+        expired = self.learning.expire(now or time.time(), self.engine.log, self.engine.catalog)
+        if expired:
+            await self._record(OutcomesTimedOut(expired))
+        return len(expired)
+
+    async def learning_evidence(self) -> dict[str, dict]:
+        """This shard's own evidence, for the other shards' merge."""
+        self._ensure_timer()
+        return self.learning.export()
+
+    async def merge_learning_now(self) -> int:
+        """Merge the other shards' evidence now (tests, benchmarks); the number of models."""
+        await self._merge_learning()
+        return len(self.learning.models.merged)
+
+    async def adaptive_models(self, model: str | None = None) -> dict[str, Any]:
+        """Every adaptive model's summary (local + merged evidence), and the counters."""
+        self._ensure_timer()
+        return {
+            "shard": self.index,
+            "models": self.learning.summaries(self.engine.catalog, model),
+            "counts": dict(self.learning.counts),
+            "merged_at": self.learning.models.merged_at,
+        }
+
+    async def reset_model(self, model: str | None) -> dict[str, Any] | ShardUnavailable:
+        """Forget a model's evidence (None: all); journalled."""
+        rec = ModelsReset(model)
+        self.learning.reset(rec)
+        failed = await self._record(rec)
+        return failed or {"shard": self.index, "reset": model or "all"}
+
+    async def freeze_model(self, model: str, frozen: bool) -> dict[str, Any] | ShardUnavailable:
+        """Stop (or resume) learning for a model; journalled."""
+        rec = ModelFrozen(model, frozen)
+        self.learning.freeze(rec)
+        failed = await self._record(rec)
+        return failed or {"shard": self.index, "model": model, "frozen": frozen}
+
+    async def export_model(self, model: str | None) -> dict[str, dict]:
+        """The merged evidence (every shard's, as of the last merge) of one model or all."""
+        merged = self.learning.models.merged
+        keys = [model] if model is not None else list(merged)
+        return {k: merged[k].to_builtins() for k in keys if k in merged}
 
     async def versions(self) -> dict[str, Any]:
         return {

@@ -61,6 +61,8 @@ class Settings:
     identity_cache_ttl_s: float = 300.0
     auth: bool = True  # API keys required (see docs/security.md); off only on loopback
     client_timeout_s: int = 30  # HAProxy closes a client idle this long mid-request
+    # Adaptive models: each shard pulls the others' evidence this often (README, Learning).
+    learning_merge_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -71,6 +73,7 @@ class Settings:
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
             "move_partitions",
             "client_timeout_s",
+            "learning_merge_interval_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

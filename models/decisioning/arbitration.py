@@ -17,6 +17,13 @@ request:
    ``limit`` offers, none whose net value is under ``arbitration.min_priority``
    ("no action" when nothing is left).
 
+With adaptive models (the catalogue's ``learning`` section and a
+:class:`~models.learning.adaptive.AdaptiveModels` passed as ``learner``), the
+propensity of an adaptive offer is a Thompson draw from its posterior, whose
+prior is the scorer's propensity; every chosen offer (and a "no action")
+carries the probability with which the policy chose it, estimated from the
+same draws repeated (:func:`~models.learning.adaptive.choice_probabilities`).
+
 Each decision is a :class:`~models.decisioning.record.DecisionRecord`. The
 cascade does not record impressions; the caller does (see the catalogue's
 ``arbitration.impressions``).
@@ -37,6 +44,14 @@ from models.decisioning.policies import ContactLedger
 from models.decisioning.record import ChosenOffer, DecisionRecord
 from models.decisioning.request import DecideRequest
 from models.errors import ModelError
+from models.learning.adaptive import (
+    BASELINE_PROPENSITY,
+    NO_MESSAGE,
+    AdaptiveModels,
+    LearningConfig,
+    choice_probabilities,
+    model_key,
+)
 
 
 class PropensityScorer(Protocol):
@@ -78,9 +93,10 @@ def decide(
     scorer: PropensityScorer,
     now: float,
     session_gap_s: float = 1800.0,
+    learner: AdaptiveModels | None = None,
 ) -> DecisionRecord:
     """Decide for one customer (see the module docstring for the cascade)."""
-    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s)[0]
+    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s, learner)[0]
 
 
 def decide_many(
@@ -89,6 +105,7 @@ def decide_many(
     scorer: PropensityScorer,
     now: float,
     session_gap_s: float = 1800.0,
+    learner: AdaptiveModels | None = None,
 ) -> list[DecisionRecord]:
     """Decide for many requests with one model run over all their candidates."""
     screens = [_screen(p, r, catalog, now, session_gap_s) for p, r in items]
@@ -112,7 +129,7 @@ def decide_many(
     out, start = [], 0
     for s in screens:
         n = len(s.to_score)
-        out.append(_arbitrate(s, props[start : start + n], catalog, version, now))
+        out.append(_arbitrate(s, props[start : start + n], catalog, version, now, learner))
         start += n
     return out
 
@@ -174,19 +191,45 @@ def _screen(
 
 
 def _arbitrate(
-    s: _Screen, props: list[float], catalog: Catalog, model_version: str, now: float
+    s: _Screen,
+    props: list[float],
+    catalog: Catalog,
+    model_version: str,
+    now: float,
+    learner: AdaptiveModels | None = None,
 ) -> DecisionRecord:
     req, profile = s.request, s.profile
-    rows = []  # (net, priority, p, c, cand)
+    rows = []  # (net, priority, p, c, cand, column)
     it = iter(props)
+    adaptive = None
+    if learner is not None and catalog.learning is not None:
+        adaptive = _Adaptive(learner, catalog.learning)
     for cand, ctx in s.survivors:
         p = cand.propensity if cand.propensity is not None else next(it)
         c = cand.static_weight
         for test, weight in cand.weights:
             if test(profile, ctx, cand, now):
                 c *= weight
-        priority = p * c * cand.value * cand.levers
-        rows.append((priority - cand.cost, priority, p, c, cand))
+        if adaptive is not None and cand.offer_id in adaptive.learning.predictors:
+            adaptive.add(len(rows), cand, p, profile, ctx, now)
+        rows.append([0.0, 0.0, p, c, cand, len(rows)])
+    draws = None
+    uplift_of: dict[int, float] = {}  # column -> P(no message) to subtract (incremental ranking)
+    if adaptive is not None and adaptive.learning.ranking == "incremental":
+        adaptive.add_baseline(profile, s.context, now)
+    if adaptive is not None and (adaptive.columns or adaptive.none_key):
+        draws = adaptive.draw()
+        for k, col in enumerate(adaptive.columns):
+            rows[col][2] = float(draws[0, k])
+            if adaptive.none_key:
+                uplift_of[col] = float(draws[0, -1])
+    for row in rows:
+        p, c, cand = row[2], row[3], row[4]
+        priority = (p - uplift_of.get(row[5], 0.0)) * c * cand.value * cand.levers
+        row[0], row[1] = priority - cand.cost, priority
+    probs, p_none = None, 1.0
+    if adaptive is not None and draws is not None and rows:
+        probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit)
     rows.sort(key=_by_net)  # stable: ties keep channel order, then catalogue order
     explain = req.explain
     min_priority = catalog.arbitration.min_priority
@@ -227,19 +270,32 @@ def _arbitrate(
             offer_id=c.offer_id, group=c.group, channel=c.channel, treatment=c.treatment_id,
             placement=c.placement, content=c.content, propensity=round(p, 6),
             priority=round(pr, 4), value=c.value,
+            probability=1.0 if probs is None else round(float(probs[col]), 6),
         )
-        for _, pr, p, _, c in chosen
+        for _, pr, p, _, c, col in chosen
     ]  # fmt: skip
     logged = [
         {"offer_id": c.offer_id, "channel": c.channel, "treatment": c.treatment_id,
          "propensity": round(p, 6), "priority": round(pr, 4)}
-        for _, pr, p, _, c in rows
+        for _, pr, p, _, c, _ in rows
     ]  # fmt: skip
+    predictors = None
+    if adaptive is not None:
+        picked = {row[5] for row in chosen}
+        predictors = {
+            model_key(cand.offer_id, cand.channel): bins
+            for _, cand, bins in adaptive.chosen_bins(picked)
+        }
+        if adaptive.none_key and not chosen:  # the no-message model learns from this one
+            predictors[adaptive.none_key] = adaptive.none_bins
+        predictors = predictors or None
     trace = None
     if explain:
         trace = list(s.removed or ())
+        seen = {} if adaptive is None else adaptive.explained(draws)
         trace.extend(
-            _scored(row, rank, note) for rank, (row, note) in enumerate(zip(rows, notes), 1)
+            _scored(row, rank, note, seen.get(row[5]))
+            for rank, (row, note) in enumerate(zip(rows, notes), 1)
         )
     return DecisionRecord(
         decision_id=DecisionRecord.new_id(),
@@ -251,7 +307,132 @@ def _arbitrate(
         offers=offers,
         candidates=logged,
         trace=trace,
+        probability=1.0 if chosen else round(p_none, 6),
+        predictors=predictors,
     )
+
+
+class _Adaptive:
+    """The adaptive candidates of one decision: their posteriors and predictor bins."""
+
+    __slots__ = ("a", "b", "bins", "cands", "columns", "learned", "learner", "learning", "memo",
+                 "none", "none_bins", "none_key", "priors")  # fmt: skip
+
+    def __init__(self, learner: AdaptiveModels, learning: LearningConfig) -> None:
+        self.learner = learner
+        self.learning = learning
+        self.columns: list[int] = []  # row index of each adaptive candidate
+        self.cands: list[CandidateSpec] = []
+        self.bins: list[list[str]] = []
+        self.a: list[float] = []
+        self.b: list[float] = []
+        self.priors: list[float] = []
+        self.learned: list[float] = []
+        self.memo: dict[tuple[str, str], str] = {}  # (predictor, channel) -> bin
+        self.none_key = ""  # the no-message model (incremental ranking), drawn last
+        self.none_bins: list[str] = []
+        self.none: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)  # a, b, prior, learned
+
+    def add_baseline(self, profile: Profile, ctx: dict, now: float) -> None:
+        """The no-message model of the request's first channel: P(outcome | no message)."""
+        learner, learning = self.learner, self.learning
+        names = [pr.name for pr in learning.baseline]
+        self.none_bins = [pr.bin(pr.getter(profile, ctx, None, now)) for pr in learning.baseline]
+        self.none_key = model_key(NO_MESSAGE, ctx["channel"])
+        prior = learning.starting_propensity or BASELINE_PROPENSITY
+        a, b, learned = learner.posterior(self.none_key, names, self.none_bins, prior)
+        self.none = (a, b, prior, learned)
+
+    def add(
+        self,
+        column: int,
+        cand: CandidateSpec,
+        p: float,
+        profile: Profile,
+        ctx: dict,
+        now: float,
+    ) -> None:
+        learner, learning = self.learner, self.learning
+        preds = learning.predictors[cand.offer_id]
+        names = [pr.name for pr in preds]
+        memo = self.memo
+        bins = []
+        for pr in preds:
+            if pr.per_candidate:
+                bins.append(pr.bin(pr.getter(profile, ctx, cand, now)))
+                continue
+            # Facts about the customer and the request: once per decision (and channel).
+            key = (pr.name, ctx["channel"])
+            b = memo.get(key)
+            if b is None:
+                b = memo[key] = pr.bin(pr.getter(profile, ctx, cand, now))
+            bins.append(b)
+        prior = learning.starting_propensity if learning.starting_propensity is not None else p
+        a, b, learned = learner.posterior(
+            model_key(cand.offer_id, cand.channel), names, bins, prior
+        )
+        self.columns.append(column)
+        self.cands.append(cand)
+        self.bins.append(bins)
+        self.a.append(a)
+        self.b.append(b)
+        self.priors.append(prior)
+        self.learned.append(learned)
+
+    def draw(self) -> np.ndarray:
+        """``[M + 1, k]`` propensities (+ the no-message one last); row 0 is the one used."""
+        a, b = np.asarray(self.a), np.asarray(self.b)
+        if self.none_key:
+            a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
+        learning, rng = self.learning, self.learner.rng
+        if learning.exploration == "greedy":
+            return (a / (a + b)).reshape(1, -1)
+        # Beta(a, b) = X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b): numpy's gamma
+        # sampler is ~2.5× faster than its beta sampler for these shapes.
+        shape = (learning.draws + 1, len(a))
+        x = rng.standard_gamma(a, size=shape)
+        return x / (x + rng.standard_gamma(b, size=shape))
+
+    def chosen_bins(self, picked: set[int]) -> list[tuple[int, CandidateSpec, list[str]]]:
+        return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)
+                if col in picked]  # fmt: skip
+
+    def explained(self, draws: np.ndarray | None) -> dict[int, dict]:
+        out = {
+            col: {"prior": round(pr, 6), "learned": round(le, 6), "posterior_mean":
+                  round(a / (a + b), 6), "evidence": round(a + b, 2)}
+            for col, pr, le, a, b in zip(self.columns, self.priors, self.learned, self.a, self.b)
+        }  # fmt: skip
+        if self.none_key and draws is not None:
+            _, _, prior, learned = self.none
+            baseline = {
+                "model": self.none_key, "prior": round(prior, 6), "learned": round(learned, 6),
+                "sampled": round(float(draws[0, -1]), 6),
+            }  # fmt: skip
+            for row in out.values():
+                row["no_message"] = baseline
+        return out
+
+
+def _choice_probabilities(
+    rows: list[list], adaptive: _Adaptive, draws: np.ndarray, catalog: Catalog, limit: int
+) -> tuple[np.ndarray | None, float]:
+    """Per column, the probability the policy picks it; and of no action."""
+    if draws.shape[0] == 1:  # greedy: deterministic
+        return None, 1.0
+    n = len(rows)
+    net = np.empty((draws.shape[0], n))
+    for row in rows:
+        net[:, row[5]] = row[0]
+    base = draws[:, -1] if adaptive.none_key else 0.0
+    for k, col in enumerate(adaptive.columns):
+        _, _, _, c, cand, _ = rows[col]
+        net[:, col] = (draws[:, k] - base) * c * cand.value * cand.levers - cand.cost
+    cands = [row[4] for row in rows]
+    return choice_probabilities(
+        net, [c.offer_id for c in cands], [c.group for c in cands],
+        catalog.arbitration.min_priority, limit,
+    )  # fmt: skip
 
 
 def _by_net(row: tuple) -> float:
@@ -266,14 +447,16 @@ def _removed(cand: CandidateSpec, stage: str, rule: str, reason: str) -> dict:
     }  # fmt: skip
 
 
-def _scored(row: tuple, rank: int, note: tuple[str, str] | None) -> dict:
-    net, priority, p, c, cand = row
+def _scored(row: list, rank: int, note: tuple[str, str] | None, learned: dict | None) -> dict:
+    net, priority, p, c, cand, _ = row
     out = {
         "offer_id": cand.offer_id, "channel": cand.channel, "treatment": cand.treatment_id,
         "placement": cand.placement, "stage": "arbitration", "p": round(p, 6), "c": round(c, 4),
         "v": cand.value, "l": cand.levers, "priority": round(priority, 4),
         "net_value": round(net, 4), "rank": rank, "chosen": note is None,
     }  # fmt: skip
+    if learned is not None:
+        out.update(learned, sampled=round(p, 6))
     if note is not None:
         out["rule"], out["reason"] = note
     return out

@@ -37,6 +37,7 @@ from models.decisioning.rules import (
     parse_selector,
 )
 from models.errors import CatalogError
+from models.learning.adaptive import LearningConfig, load_learning
 
 CHANNEL_KINDS = ("inbound", "outbound")
 IMPRESSION_MODES = ("on_decide", "events")
@@ -195,8 +196,10 @@ class Catalog:
         global_rules: tuple[Rule, ...],
         contact_policies: tuple[ContactPolicy, ...],
         arbitration: Arbitration,
+        learning: LearningConfig | None = None,
     ) -> None:
         self.version = version
+        self.learning = learning  # adaptive models (models/learning/adaptive.py), or None
         self.description = description
         self.channels = channels
         self.offers = offers
@@ -245,6 +248,11 @@ class Catalog:
         }
         out["contact_policies"] = [p.to_dict() for p in self.contact_policies]
         out["arbitration"] = self.arbitration.to_dict()
+        if self.learning is not None:
+            out["learning"] = self.learning.to_dict()
+            for offer in out["offers"]:
+                if offer["id"] in self.learning.offer_specs:
+                    offer["adaptive"] = self.learning.offer_specs[offer["id"]]
         return copy.deepcopy(out)
 
     def _index_candidates(self) -> dict[tuple[str, str | None], tuple[CandidateSpec, ...]]:
@@ -389,11 +397,11 @@ class _Loader:
 
     TOP = frozenset(
         {"version", "description", "channels", "offers", "policies", "contact_policies",
-         "arbitration"}
+         "arbitration", "learning"}
     )  # fmt: skip
     OFFER = frozenset(
         {"id", "name", "description", "group", "value", "levers", "tags", "start", "end",
-         "propensity", "treatments", "context_weights", *STAGES}
+         "propensity", "treatments", "context_weights", "adaptive", *STAGES}
     )  # fmt: skip
 
     def __init__(self, data: Any) -> None:
@@ -418,9 +426,13 @@ class _Loader:
         info = {o.id: (o.group, o.tags) for o in offers.values()}
         policies = self._contact_policies(self.data.get("contact_policies"), info)
         arbitration = self._arbitration(self.data.get("arbitration"), offers)
-        return Catalog(
-            version, description, self.channels, offers, global_rules, policies, arbitration
+        learning = load_learning(
+            self.data.get("learning"), {s["id"]: s for s in raw_offers}, self.groups.get
         )
+        return Catalog(
+            version, description, self.channels, offers, global_rules, policies, arbitration,
+            learning,
+        )  # fmt: skip
 
     # -- channels -----------------------------------------------------------------
 

@@ -83,6 +83,13 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     impressions: bool = False  # its offers were counted as impressions when decided
     trace: list[dict] | None = None  # with explain: every candidate's fate (never journalled)
     outcomes: list[Outcome] = []
+    # With which probability the policy chose no action (for an empty answer;
+    # 1.0 for a deterministic policy). Offers carry their own probability.
+    probability: float = 1.0
+    # Adaptive models: model key (offer@channel) -> predictor bins at decision
+    # time, so a later response is learned with the values the decision saw.
+    predictors: dict[str, list[str]] | None = None
+    learned: list[str] = []  # the models that learned from this decision's outcome (once each)
 
     @staticmethod
     def new_id() -> str:
@@ -137,6 +144,8 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             "model_version": self.model_version,
             "fallback": self.fallback,
         }
+        if not self.offers:
+            out["probability"] = self.probability
         if self.fallback:
             for o in out["offers"]:
                 del o["propensity"], o["priority"]
@@ -165,6 +174,10 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             ],
             "impressions": self.impressions,
         }
+        if not self.offers:
+            out["probability"] = self.probability
+        if self.predictors:
+            out["predictors"] = self.predictors
         if self.outcomes:
             out["outcomes"] = [msgspec.structs.asdict(o) for o in self.outcomes]
         return out
