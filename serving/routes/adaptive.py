@@ -17,11 +17,14 @@ from actors.learning import adaptive_model_keys
 from models.decisioning.catalog import Catalog, load_catalog
 from models.errors import NotFound, ValidationError
 from models.learning.adaptive import AdaptiveModels
+from serving.auth import require
 from serving.codec import read_body
 from serving.ingress import Ingress
 from serving.routes.common import API, answer, ingress_of
 
 router = APIRouter(prefix=f"{API}/models/adaptive", tags=["learning"])
+_read = [require("reports:read")]
+_admin = [require("admin")]
 
 
 async def _catalog(ing: Ingress) -> Catalog:
@@ -48,7 +51,11 @@ async def _merged(ing: Ingress, catalog: Catalog) -> tuple[AdaptiveModels, dict[
     return models, counts
 
 
-@router.get("", summary="Every adaptive model: responses, success rate, online AUC, maturity")
+@router.get(
+    "",
+    summary="Every adaptive model: responses, success rate, online AUC, maturity",
+    dependencies=_read,
+)
 async def list_models(request: Request) -> Response:
     ing = await ingress_of(request)
     catalog = await _catalog(ing)
@@ -61,7 +68,7 @@ async def list_models(request: Request) -> Response:
     return answer(request, body)
 
 
-@router.get("/{model}", summary="One adaptive model (offer@channel)")
+@router.get("/{model}", summary="One adaptive model (offer@channel)", dependencies=_read)
 async def get_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     catalog = await _known(ing, model)
@@ -69,7 +76,11 @@ async def get_model(request: Request, model: str) -> Response:
     return answer(request, models.summary(model))
 
 
-@router.get("/{model}/export", summary="A model's merged evidence (counts per predictor bin)")
+@router.get(
+    "/{model}/export",
+    summary="A model's merged evidence (counts per predictor bin)",
+    dependencies=_read,
+)
 async def export_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     catalog = await _known(ing, model)
@@ -78,7 +89,11 @@ async def export_model(request: Request, model: str) -> Response:
     return answer(request, {"model": model, "evidence": None if ev is None else ev.to_builtins()})
 
 
-@router.post("/{model}/reset", summary="Forget what a model learned (it restarts from its prior)")
+@router.post(
+    "/{model}/reset",
+    summary="Forget what a model learned (it restarts from its prior)",
+    dependencies=_admin,
+)
 async def reset_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     await _known(ing, model)
@@ -86,7 +101,11 @@ async def reset_model(request: Request, model: str) -> Response:
     return answer(request, {"model": model, "shards": shards})
 
 
-@router.post("/{model}/freeze", summary='Stop or resume learning: body {"frozen": true|false}')
+@router.post(
+    "/{model}/freeze",
+    summary='Stop or resume learning: body {"frozen": true|false}',
+    dependencies=_admin,
+)
 async def freeze_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     body = await read_body(request, ing.settings.max_body_bytes)

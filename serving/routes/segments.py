@@ -8,11 +8,13 @@ from starlette.responses import Response
 
 from models.decisioning.segments import MAX_PAGE, compile_segment
 from models.errors import ValidationError
+from serving.auth import require
 from serving.codec import read_body
 from serving.region import decode
 from serving.routes.common import API, answer, ingress_of
 
-router = APIRouter()
+# Members of a segment are profile ids (and, for exports, profiles): profiles:read.
+router = APIRouter(dependencies=[require("profiles:read")])
 
 
 @router.post(
