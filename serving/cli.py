@@ -20,6 +20,7 @@ from models.access import SCOPES, KeyStore
 from models.audit import AuditLog
 from models.errors import ValidationError
 from models.settings import SettingsError, load_settings
+from serving.credentials import add_api_key_argument, client_headers
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def _scale(args: argparse.Namespace) -> int:
 
     url = args.url.rstrip("/")
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, headers=client_headers(args.api_key)) as client:
             r = client.put("/v1/admin/shards", json={"shards": args.shards})
             if r.status_code != 202:
                 err = r.json().get("error", {}) if r.content else {}
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     sc.add_argument("--no-wait", action="store_true", help="start the job and return")
     sc.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    add_api_key_argument(sc)
     sc.set_defaults(func=_scale)
     from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser
 

@@ -13,20 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from actors.replies import Erased, Expired
 from models.customer.events import Event
 from models.decisioning.catalog import Catalog, load_catalog
 from models.decisioning.record import DecisionRecord
 from models.decisioning.request import DecideRequest
-from models.errors import IdentityConflict, Unavailable
+from models.errors import IdentityConflict, Unavailable, ValidationError
 from models.identity.config import IdentityConfig
 from models.settings import Settings
 from serving.coalesce import DecideCoalescer
 from serving.identity import IdentityResolver
 from serving.region import ShardRegion
+
+log = logging.getLogger("rtim.ingress")
+
+CATALOG_CHECK_S = 1.0
+T = TypeVar("T")
 
 
 class Ingress:
@@ -47,6 +54,8 @@ class Ingress:
             max_queue=settings.max_inflight_per_shard,
         )
         self.catalog: Catalog | None = None
+        self._next_catalog_check = 0.0
+        self._catalog_check: asyncio.Task | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
         self.inflight = 0
@@ -63,14 +72,49 @@ class Ingress:
             )
 
     async def ready(self) -> Ingress:
-        """Connect to the coordinator on first use (replicas start before it answers)."""
+        """Connect to the coordinator on first use (replicas start before it answers).
+
+        Afterwards, at most once every ``CATALOG_CHECK_S``, a background check
+        compares the active catalogue's version with ours: a catalogue put
+        through another replica is used here within about a second.
+        """
         if not self._started:
             async with self._start_lock:
                 if not self._started:
                     await self.region.start()
                     self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
                     self._started = True
+        elif time.monotonic() >= self._next_catalog_check and self._catalog_check is None:
+            self._next_catalog_check = time.monotonic() + CATALOG_CHECK_S
+            self._catalog_check = asyncio.get_running_loop().create_task(self.sync_catalog())
+            self._catalog_check.add_done_callback(self._checked)
         return self
+
+    def _checked(self, task: asyncio.Task) -> None:
+        self._catalog_check = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("catalogue check failed: %s", task.exception())
+
+    async def sync_catalog(self) -> bool:
+        """Fetch the active catalogue if its version is not ours; True if it changed."""
+        versions = await self.region.coordinator.versions.remote()
+        if self.catalog is not None and versions["catalog_version"] == self.catalog.version:
+            return False
+        self.catalog = load_catalog(await self.region.coordinator.get_catalog.remote())
+        return True
+
+    async def validated(self, parse: Callable[[Catalog | None], T]) -> T:
+        """``parse(catalog)``; if our catalogue refuses the request, retry with the active one.
+
+        A request naming a channel or placement that only a catalogue just
+        put through another replica has is then accepted at once.
+        """
+        try:
+            return parse(self.catalog)
+        except ValidationError:
+            if not await self.sync_catalog():
+                raise
+        return parse(self.catalog)
 
     async def refresh_catalog(self, records: list[Any]) -> None:
         """A shard decided with a catalogue we do not have: fetch the active one."""

@@ -32,6 +32,7 @@ from actors.shard import NAMESPACE, shard_name
 from models.access import KeyStore
 from models.audit import AuditLog
 from models.settings import Settings
+from serving.credentials import LOCAL_ADMIN_KEY
 from serving.deployment import build_app
 
 log = logging.getLogger("rtim.server")
@@ -103,7 +104,6 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-LOCAL_ADMIN_KEY = "admin.key"
 
 
 class Exposed(RuntimeError):

@@ -31,6 +31,8 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from models.access import KeyStore
 
     _, tests_support.ADMIN_KEY = KeyStore(data).create("tests", "admin")
+    # `rtim import/campaign/export/scale` run by tests send it (serving/credentials.py).
+    os.environ["RTIM_API_KEY"] = tests_support.ADMIN_KEY
     # A private copy of the bundled registry, so tests can add model versions.
     registry = tmp_path_factory.mktemp("rtim-models") / "registry"
     shutil.copytree(DEMO_DIR / "registry", registry)

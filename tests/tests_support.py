@@ -70,6 +70,7 @@ def start_cli_server(
     partitions: int = 32,
     timeout_s: float = 120.0,
     extra_env: dict | None = None,
+    auth: bool = False,
 ) -> object:
     """``rtim serve`` in a subprocess on ``data`` (a Path), ready; its output goes to ``log``."""
     import os
@@ -87,6 +88,9 @@ def start_cli_server(
         "RTIM_SHARDS": str(shards),
         "RTIM_DATA_DIR": str(data),
         "RTIM_PARTITIONS": str(partitions),
+        # Scaling and import tests are not about keys: loopback servers without them
+        # (the suite's RTIM_API_KEY belongs to the session server).
+        "RTIM_AUTH": "true" if auth else "false",
         **(extra_env or {}),
     }
     proc = subprocess.Popen(

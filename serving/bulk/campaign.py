@@ -37,6 +37,7 @@ from models.decisioning.segments import parse_segment_rule
 from models.errors import ValidationError
 from serving.bulk.progress import Progress
 from serving.bulk.transport import ImportAborted, RetryingClient, ServerGone
+from serving.credentials import client_headers
 
 OUT_COLUMNS = ("campaign_id", "customer_id", "decision_id", "offer_id", "channel", "treatment",
                "propensity", "probability", "priority", "value", "experiment_arm")  # fmt: skip
@@ -62,6 +63,7 @@ class CampaignOptions:
     page_size: int = 5000
     retry_for_s: float = 60.0
     quiet: bool = False
+    api_key: str | None = None  # see serving/credentials.py
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -278,7 +280,9 @@ class CampaignRun:
         started = time.monotonic()
         progress = Progress("campaign", self.log, quiet=opts.quiet)
         limits = httpx.Limits(max_connections=opts.concurrency + 1)
-        async with httpx.AsyncClient(base_url=opts.url, timeout=60.0, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=opts.url, timeout=60.0, limits=limits, headers=client_headers(opts.api_key)
+        ) as client:
             await self._catalog(client)
             self._reprice_done()
             sender = RetryingClient(client, opts.retry_for_s, opts.quiet, "campaign")

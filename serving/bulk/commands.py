@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from models.bulk.mapping import EVENT_FIELDS, ColumnMapping, MappingError
+from serving.credentials import add_api_key_argument
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -65,6 +66,7 @@ def _import(args: argparse.Namespace) -> int:
         mapping = mapping_from_args(args)
         options = ImportOptions(
             url=args.url,
+            api_key=args.api_key,
             files=args.files,
             mapping=mapping,
             fmt=args.format,
@@ -124,6 +126,7 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_api_key_argument(p)
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"], help="default: from the name")
     p.add_argument("--mapping", help="YAML column mapping (see README, Bulk data)")
     p.add_argument(
@@ -173,6 +176,7 @@ def _campaign_run(args: argparse.Namespace) -> int:
     try:
         options = CampaignOptions(
             url=args.url,
+            api_key=args.api_key,
             segment=args.segment,
             channels=[c.strip() for c in args.channels.split(",") if c.strip()],
             campaign_id=args.campaign_id,
@@ -224,6 +228,7 @@ def add_campaign_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output CSV (also the campaign's done-set)")
     p.add_argument("--limit", type=int, help="decide for at most N customers in all")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_api_key_argument(p)
     add_client_options(p, batch=(500, "customers per request"), concurrency=4)
     p.set_defaults(func=_campaign_run)
 
@@ -234,6 +239,7 @@ def _export_profiles(args: argparse.Namespace) -> int:
     try:
         options = ExportOptions(
             url=args.url,
+            api_key=args.api_key,
             out=Path(args.out),
             fmt=args.format,
             segment=args.segment,
@@ -263,5 +269,6 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.jsonl, .jsonl.gz or .parquet)")
     p.add_argument("--segment", metavar="RULE", help="only customers matching this rule")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_api_key_argument(p)
     add_client_options(p, batch=(1000, "profiles per request"), concurrency=1)
     p.set_defaults(func=_export_profiles)

@@ -33,6 +33,7 @@ from models.decisioning.segments import parse_segment_rule
 from models.errors import ValidationError
 from serving.bulk.progress import Progress
 from serving.bulk.transport import ImportAborted, RetryingClient, ServerGone
+from serving.credentials import client_headers
 
 JSON_COLUMNS = ("attributes", "consents", "counters", "last", "history")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER_GONE = 0, 1, 2, 3
@@ -47,6 +48,7 @@ class ExportOptions:
     page_size: int = 1000
     retry_for_s: float = 60.0
     quiet: bool = False
+    api_key: str | None = None  # see serving/credentials.py
 
     def __post_init__(self) -> None:
         if self.fmt not in ("jsonl", "parquet"):
@@ -107,7 +109,9 @@ async def _export(options: ExportOptions, rule: dict | None, log: TextIO) -> tup
     written = 0
     started = time.monotonic()
     try:
-        async with httpx.AsyncClient(base_url=options.url, timeout=120.0) as client:
+        async with httpx.AsyncClient(
+            base_url=options.url, timeout=120.0, headers=client_headers(options.api_key)
+        ) as client:
             sender = RetryingClient(client, options.retry_for_s, options.quiet, "export")
             shard, shards, after = 0, 1, None
             while shard < shards:

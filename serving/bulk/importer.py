@@ -47,6 +47,7 @@ from serving.bulk.checkpoint import FileProgress, ImportCheckpoint
 from serving.bulk.progress import Progress
 from serving.bulk.sources import Row, RowSource, SourceError, open_source
 from serving.bulk.transport import ImportAborted, RetryingClient, ServerGone
+from serving.credentials import client_headers
 
 _EVENT_FIELD = re.compile(r"^events\[(\d+)\]\.?")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER_GONE = 0, 1, 2, 3
@@ -70,6 +71,7 @@ class ImportOptions:
     timeout_s: float = 30.0
     max_future_s: float = 300.0
     quiet: bool = False
+    api_key: str | None = None  # see serving/credentials.py
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -297,7 +299,10 @@ class Importer:
             max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency
         )
         async with httpx.AsyncClient(
-            base_url=opts.url, timeout=opts.timeout_s, limits=limits
+            base_url=opts.url,
+            timeout=opts.timeout_s,
+            limits=limits,
+            headers=client_headers(opts.api_key),
         ) as client:
             sender = RetryingClient(client, opts.retry_for_s, opts.quiet, "import")
             ticker = asyncio.create_task(self._progress(progress))

@@ -68,7 +68,9 @@ async def decide(request: Request) -> Response:
         ids = ing.with_customer_id(ids, cid)
         found = await ing.identity.resolve(ids, "identifiers")
         body["customer_id"], via_cache = found.profile_id, found.via_cache
-    req = parse_decide_request(body, ing.catalog, ing.settings.max_decide_limit)
+    req = await ing.validated(
+        lambda catalog: parse_decide_request(body, catalog, ing.settings.max_decide_limit)
+    )
     if via_cache:
         req = dataclasses.replace(req, via_cache=True)
     record = await ing.decide(req, ids)
@@ -91,7 +93,9 @@ async def decide_batch(request: Request) -> Response:
     ing = await ingress_of(request)
     s = ing.settings
     body = await read_body(request, s.max_body_bytes)
-    reqs = parse_decide_batch(body, ing.catalog, s.max_batch_decisions, s.max_decide_limit)
+    reqs = await ing.validated(
+        lambda catalog: parse_decide_batch(body, catalog, s.max_batch_decisions, s.max_decide_limit)
+    )
     records = await ing.region.decide_batch(reqs)
     await ing.refresh_catalog(records)
     return answer(request, {"decisions": [r.answer() for r in records]})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests_support import auth_headers
 
 from serving.bulk.campaign import EXIT_OK, EXIT_USAGE, CampaignOptions, run_campaign
 
@@ -23,7 +24,9 @@ def preload(server: str, cohort: str, n: int) -> list[str]:
         }
         for i in range(n)
     ]
-    r = httpx.post(f"{server}/v1/events", json={"events": events}, timeout=30)
+    r = httpx.post(
+        f"{server}/v1/events", json={"events": events}, timeout=30, headers=auth_headers()
+    )
     assert r.status_code == 200, r.text
     return [e["customer_id"] for e in events if e["attributes"]["age"] >= 40]
 
@@ -61,7 +64,7 @@ def read_out(path: Path) -> list[dict[str, str]]:
 
 
 def history_sizes(server: str, cids: list[str]) -> dict[str, int]:
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server, timeout=30, headers=auth_headers()) as c:
         return {cid: len(c.get(f"/v1/profiles/{cid}").json()["history"]) for cid in cids}
 
 
@@ -130,7 +133,7 @@ def test_segment_route_pages_through_shards_and_refuses_a_bad_rule(server: str) 
     members = preload(server, "cmp-d", 25)
     rule = json.loads(rule_for("cmp-d"))
     found: list[str] = []
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server, timeout=30, headers=auth_headers()) as c:
         shard, shards, after = 0, 1, None
         while shard < shards:
             body = c.post(

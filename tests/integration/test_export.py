@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+from tests_support import auth_headers
 
 from serving.bulk.export import EXIT_OK, EXIT_USAGE, ExportOptions, run_export
 
@@ -19,7 +20,9 @@ def preload(server: str, cohort: str, n: int) -> dict[str, int]:
         for cid, age in ages.items()
     ]  # fmt: skip
     events += [{"event_id": f"{cid}-v", "customer_id": cid, "type": "page_view"} for cid in ages]
-    r = httpx.post(f"{server}/v1/events", json={"events": events}, timeout=30)
+    r = httpx.post(
+        f"{server}/v1/events", json={"events": events}, timeout=30, headers=auth_headers()
+    )
     assert r.status_code == 200, r.text
     return ages
 
@@ -39,7 +42,7 @@ def test_segment_exports_to_gzipped_jsonl_exactly_as_the_api_shows_profiles(
     with gzip.open(out, "rt") as f:
         exported = {p["customer_id"]: p for p in map(json.loads, f)}
     assert {cid: p["attributes"]["age"] for cid, p in exported.items()} == ages
-    live = httpx.get(f"{server}/v1/profiles/exp-a-5", timeout=30).json()
+    live = httpx.get(f"{server}/v1/profiles/exp-a-5", timeout=30, headers=auth_headers()).json()
     assert exported["exp-a-5"]["counters"] == live["counters"]
     assert not list(tmp_path.glob("*.partial"))
 

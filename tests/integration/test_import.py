@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests_support import auth_headers
 
 from models.bulk.mapping import ColumnMapping
 from serving.bulk.importer import (
@@ -73,7 +74,7 @@ def options(server: str, tmp: Path, files: list[Path], **kw: object) -> ImportOp
 
 def page_views(server: str, cids: list[str]) -> Counter:
     found: Counter = Counter()
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server, timeout=30, headers=auth_headers()) as c:
         for cid in cids:
             r = c.get(f"/v1/profiles/{cid}")
             if r.status_code == 200:
@@ -96,7 +97,7 @@ def test_csv_import_applies_rows_and_rejects_bad_ones_in_the_apis_words(
     assert rejects[0]["field"] == "attributes.result"
     assert rejects[0]["error"] == "credit_check needs attributes.result = pass|fail"
     # An attribute typed int arrives as an int.
-    profile = httpx.get(f"{server}/v1/profiles/imp-a-0", timeout=30).json()
+    profile = httpx.get(f"{server}/v1/profiles/imp-a-0", timeout=30, headers=auth_headers()).json()
     assert isinstance(profile["attributes"]["age"], int)
 
 
@@ -142,7 +143,7 @@ def test_jsonl_gz_and_parquet_files_import_in_one_run(server: str, tmp_path: Pat
     assert page_views(server, [f"imp-c-{i}" for i in range(5)]) == Counter(
         {f"imp-c-{i}": 10 for i in range(5)}
     )
-    profile = httpx.get(f"{server}/v1/profiles/imp-c-3", timeout=30).json()
+    profile = httpx.get(f"{server}/v1/profiles/imp-c-3", timeout=30, headers=auth_headers()).json()
     assert profile["attributes"]["income"] == 3001.5
 
 
@@ -279,7 +280,10 @@ class _VanishingProxy(BaseHTTPRequestHandler):
             cls.target + self.path,
             content=body,
             timeout=30,
-            headers={"content-type": self.headers["content-type"]},
+            headers={
+                "content-type": self.headers["content-type"],
+                "authorization": self.headers.get("authorization", ""),
+            },
         )
         self.send_response(r.status_code)
         self.send_header("content-type", r.headers["content-type"])

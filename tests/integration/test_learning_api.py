@@ -12,7 +12,7 @@ import uuid
 
 import httpx
 import ray
-from tests_support import replica_urls
+from tests_support import auth_headers, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.partitioning import PartitionMap
@@ -123,7 +123,7 @@ async def refresh_every_replica() -> None:
     when a decision comes back with another version: decide once on each (on ``web``,
     which both catalogues have), so no replica keeps validating against ours."""
     for url in replica_urls(expect=2):
-        async with httpx.AsyncClient(base_url=url, timeout=30.0) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=auth_headers()) as c:
             body = {"customer_id": "catalogue-refresh", "channel": "web", "deadline_ms": 5000}
             r = await c.post("/v1/decide", json=body)
             assert r.status_code == 200, r.text

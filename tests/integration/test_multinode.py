@@ -30,7 +30,7 @@ def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> 
             capture_output=True,
             text=True,
             timeout=420,
-            env={**os.environ, "RAY_TMPDIR": ray_tmp},
+            env={**os.environ, "RAY_TMPDIR": ray_tmp, "RTIM_AUTH": "false"},
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_server(port: int, data: Path, log: Path) -> subprocess.Popen:
-    proc = start_cli_server(port, data, log, shards=2)
+    proc = start_cli_server(port, data, log, shards=2, auth=True)
     assert isinstance(proc, subprocess.Popen)
     return proc
 
