@@ -7,15 +7,17 @@ the audit trail with its result, refusals included.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from actors.replies import Failed
 from models.audit import MAX_READ, AuditLog
 from models.decisioning.catalog import load_catalog
-from models.errors import CatalogError, RtimError, ValidationError
+from models.errors import CatalogError, RtimError, Unavailable, ValidationError
 from models.learning.registry import ModelRegistry, scorer_for_version
 from serving import schema
 from serving.audit import audit
@@ -138,6 +140,14 @@ def _count(body: object, name: str) -> int:
     return value
 
 
+async def _ask_coordinator(ing: Any, method: str, *args: Any) -> Any:
+    """A coordinator call; 503 (not 500) while the coordinator restarts, e.g. after node loss."""
+    try:
+        return await getattr(ing.region.coordinator, method).remote(*args)
+    except (ActorDiedError, ActorUnavailableError, RayActorError):
+        raise Unavailable("the shard coordinator is restarting; retry", 2.0) from None
+
+
 def _started(request: Request, reply: object) -> Response:
     """A coordinator's refusal as its error, or 202 with the job's progress."""
     if isinstance(reply, Failed):
@@ -155,7 +165,7 @@ def _started(request: Request, reply: object) -> Response:
 async def scale_shards(request: Request) -> Response:
     ing = await ingress_of(request)
     shards = _count(await read_body(request, ing.settings.max_body_bytes), "shards")
-    return _started(request, await ing.region.coordinator.scale.remote(shards))
+    return _started(request, await _ask_coordinator(ing, "scale", shards))
 
 
 @router.post(
@@ -183,10 +193,10 @@ async def move_partitions(request: Request) -> Response:
         or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts)
     ):
         raise ValidationError("partitions must be a non-empty list of integers", "partitions")
-    return _started(request, await ing.region.coordinator.move_partitions.remote(parts, to))
+    return _started(request, await _ask_coordinator(ing, "move_partitions", parts, to))
 
 
 @router.get("/rebalance", summary="Progress of the running (or last) scaling or move job")
 async def rebalance_progress(request: Request) -> Response:
     ing = await ingress_of(request)
-    return answer(request, await ing.region.coordinator.rebalance_progress.remote())
+    return answer(request, await _ask_coordinator(ing, "rebalance_progress"))

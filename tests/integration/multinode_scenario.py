@@ -44,6 +44,17 @@ def get(c: httpx.Client, path: str) -> Any:
     return get_json(c, path, timeout_s=90.0)
 
 
+def start_job(c: httpx.Client, method: str, path: str, body: dict) -> None:
+    """Start a scaling job, retrying while the coordinator restarts (503), boundedly."""
+    deadline = time.monotonic() + 90
+    while True:
+        r = c.request(method, path, json=body)
+        if r.status_code == 202:
+            return
+        assert r.status_code == 503 and time.monotonic() < deadline, r.text
+        time.sleep(1)
+
+
 def wait_job(c: httpx.Client, timeout_s: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -100,8 +111,7 @@ def main() -> None:
             workers.append(cluster.add_node(num_cpus=1))
             cluster.wait_for_nodes()
             step("node added")
-            r = c.put("/v1/admin/shards", json={"shards": 4})
-            assert r.status_code == 202, r.text
+            start_job(c, "PUT", "/v1/admin/shards", {"shards": 4})
             wait_job(c)
             spread = {s["shard"]: s["node"] for s in shards_on(c)}
             result["nodes_after_scale_out"] = len(set(spread.values()))
@@ -133,15 +143,13 @@ def main() -> None:
                 for k, to in enumerate(stay):
                     parts = leaving[k :: len(stay)]
                     if parts:
-                        r = c.post("/v1/admin/moves", json={"partitions": parts, "to": to})
-                        assert r.status_code == 202, r.text
+                        start_job(c, "POST", "/v1/admin/moves", {"partitions": parts, "to": to})
                         wait_job(c)
                 cluster.remove_node(by_node[drained])
                 result["drained_partitions"] = len(leaving)
                 step(f"drained {len(leaving)} partitions off a node and removed it")
 
-            r = c.put("/v1/admin/shards", json={"shards": 2})
-            assert r.status_code == 202, r.text
+            start_job(c, "PUT", "/v1/admin/shards", {"shards": 2})
             wait_job(c)
             step("scaled back to 2 shards")
             time.sleep(2)
