@@ -17,6 +17,7 @@ from actors.learning import adaptive_model_keys
 from models.decisioning.catalog import Catalog, load_catalog
 from models.errors import NotFound, ValidationError
 from models.learning.adaptive import AdaptiveModels
+from serving import schema
 from serving.auth import require
 from serving.codec import read_body
 from serving.ingress import Ingress
@@ -105,6 +106,9 @@ async def reset_model(request: Request, model: str) -> Response:
     "/{model}/freeze",
     summary='Stop or resume learning: body {"frozen": true|false}',
     dependencies=_admin,
+    openapi_extra=schema.body(
+        {"type": "object", "required": ["frozen"], "properties": {"frozen": {"type": "boolean"}}}
+    ),
 )
 async def freeze_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from models.decisioning.segments import MAX_PAGE, compile_segment
 from models.errors import ValidationError
+from serving import schema
 from serving.auth import require
 from serving.codec import read_body
 from serving.region import decode
@@ -21,6 +22,18 @@ router = APIRouter(dependencies=[require("profiles:read")])
     f"{API}/segments/members",
     tags=["decisions"],
     summary="One page of the customers of one shard that a segment rule selects",
+    openapi_extra=schema.body(
+        {
+            "type": "object",
+            "properties": {
+                "rule": {"description": "a condition of the rule language, or null (everyone)"},
+                "shard": {"type": "integer", "minimum": 0},
+                "after": {"type": ["string", "null"]},
+                "limit": {"type": "integer", "minimum": 1},
+                "profiles": {"type": "boolean"},
+            },
+        }
+    ),
 )
 async def segment_members(request: Request) -> Response:
     """``{"rule": condition, "shard": i, "after": cursor, "limit": n}`` → ``{"ids", "next"}``.
