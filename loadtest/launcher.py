@@ -15,6 +15,7 @@ the same machine.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -160,7 +161,9 @@ def _wait_ready(server: ServerProcess, deadline: float) -> None:
             raise ServerStartError(
                 f"rtim serve exited with {server.proc.returncode}:\n{server.log_tail()}"
             )
-        with contextlib.suppress(OSError):
+        # Not up yet, or (rarely) another process's non-HTTP service on the
+        # port before ours binds it: keep polling until ready, exited or late.
+        with contextlib.suppress(OSError, http.client.HTTPException):
             status, body = http_json(server.url + "/readyz", timeout_s=2.0)
             if status == 200 and isinstance(body, dict) and body.get("status") == "ready":
                 return
