@@ -33,6 +33,7 @@ from serving.region import ShardRegion
 log = logging.getLogger("rtim.ingress")
 
 CATALOG_CHECK_S = 1.0
+REFUSAL_RECHECK_S = 0.1
 T = TypeVar("T")
 
 
@@ -55,6 +56,7 @@ class Ingress:
         )
         self.catalog: Catalog | None = None
         self._next_catalog_check = 0.0
+        self._last_refusal_sync = 0.0
         self._catalog_check: asyncio.Task | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -107,11 +109,16 @@ class Ingress:
         """``parse(catalog)``; if our catalogue refuses the request, retry with the active one.
 
         A request naming a channel or placement that only a catalogue just
-        put through another replica has is then accepted at once.
+        put through another replica has is then accepted at once. The
+        coordinator is asked at most every ``REFUSAL_RECHECK_S``, so a client
+        sending bad requests in a loop cannot turn each into an actor call.
         """
         try:
             return parse(self.catalog)
         except ValidationError:
+            if time.monotonic() - self._last_refusal_sync < REFUSAL_RECHECK_S:
+                raise
+            self._last_refusal_sync = time.monotonic()
             if not await self.sync_catalog():
                 raise
         return parse(self.catalog)
