@@ -90,6 +90,11 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     # time, so a later response is learned with the values the decision saw.
     predictors: dict[str, list[str]] | None = None
     learned: list[str] = []  # the models that learned from this decision's outcome (once each)
+    # Experiments: the experiment and arm the customer was assigned to, and
+    # the arm's policy variant ("full" when no experiment applies).
+    experiment: str | None = None
+    arm: str | None = None
+    policy: str = "full"
 
     @staticmethod
     def new_id() -> str:
