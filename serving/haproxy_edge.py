@@ -13,6 +13,11 @@ the configuration, then executes the real HAProxy. It changes three things:
   ``503`` and ``Retry-After: 1`` (``{"error": {"code": "unavailable", ...}}``).
 - **Backend failures** (502/503/504 from HAProxy itself) answer the same JSON
   body with their own status instead of a plain-text 500.
+- **Whole requests only.** ``option http-buffer-request`` makes HAProxy wait
+  for a request's body (up to ``timeout http-request``, the client timeout)
+  before it forwards anything, so a client that sends headers and a
+  truncated body holds an HAProxy connection, never one of a replica's
+  in-flight slots (about 1,000 such clients used to make every endpoint 503).
 - **Own surfaces on loopback.** The stats page (no authentication) and the
   Prometheus exporter bind ``127.0.0.1`` instead of every interface.
 
@@ -43,6 +48,7 @@ _NO_ROUTE = re.compile(r"^(\s*)http-request return status 404 content-type text/
 _ERRORFILE = re.compile(r"^(\s*)errorfile (50[234]) \S+$", re.M)
 _STATS_BIND = re.compile(r"^(\s*)bind \*:(\d+)\s*$", re.M)
 _METRICS_BIND = re.compile(r"^(\s*)bind :(\d+)\s*$", re.M)
+_DEFAULTS = re.compile(r"^defaults\n(\s+)mode http\n", re.M)
 
 
 def error_body(status: int) -> bytes:
@@ -86,6 +92,15 @@ def rewrite(config: str, directory: Path) -> str:
     )
     config = _ERRORFILE.sub(
         lambda m: f"{m.group(1)}errorfile {m.group(2)} {paths[int(m.group(2))]}", config
+    )
+    timeout_s = int(float(os.environ.get("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "30")))
+    config = _DEFAULTS.sub(
+        lambda m: (
+            f"{m.group(0)}{m.group(1)}option http-buffer-request\n"
+            f"{m.group(1)}timeout http-request {timeout_s}s\n"
+        ),
+        config,
+        count=1,
     )
     config = _STATS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
     return _METRICS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
