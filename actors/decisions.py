@@ -184,6 +184,29 @@ class DecisionEngine:
             return ev._replace(offer_id=offer)
         return ev
 
+    def decisions_of(self, customer_id: str) -> list[dict]:
+        """Journal forms of a customer's logged decisions (handed over with a merge)."""
+        return [to_builtins(r) for r in self.log.records() if r.customer_id == customer_id]
+
+    def release(self, customer_id: str) -> None:
+        """A merged-away customer's decisions left with the profile."""
+        self.learning.latest.pop(customer_id, None)
+        self.log.erase(customer_id)
+
+    def adopt(self, decisions: list[dict], survivor: str) -> None:
+        """Log an absorbed customer's decisions under the survivor (idempotent).
+
+        A response to one of them, sent later under either id, is attributed
+        here and teaches the models with the predictors the decision saw.
+        """
+        for data in decisions:
+            record = from_builtins(data)
+            if self.log.get(record.decision_id) is not None:
+                continue  # delivered twice (a retried hand-over)
+            record.customer_id = survivor
+            self.log.add(record)
+            self.learning.note(record)
+
     def erase(self, customer_id: str) -> int:
         self.learning.latest.pop(customer_id, None)  # learned counts name no customer
         return self.log.erase(customer_id)
