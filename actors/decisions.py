@@ -138,7 +138,8 @@ class DecisionEngine:
             items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner
         )
         on_decide = self.catalog.arbitration.impressions == "on_decide"
-        for (profile, _), record in zip(items, records):
+        for (profile, req), record in zip(items, records):
+            record.request_key = req.idempotency_key
             record.impressions = on_decide and bool(record.offers)
             self._log(record, profile, now)
         self.decisions += len(records)
@@ -183,6 +184,12 @@ class DecisionEngine:
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)
         return ev
+
+    def decided_before(self, req: DecideRequest) -> DecisionRecord | None:
+        """The logged decision for this request's customer and idempotency key, if any."""
+        if req.idempotency_key is None:
+            return None
+        return self.log.keyed(req.customer_id, req.idempotency_key)
 
     def decisions_of(self, customer_id: str) -> list[dict]:
         """Journal forms of a customer's logged decisions (handed over with a merge)."""

@@ -453,6 +453,8 @@ class ProfileShardImpl:
                 answers.append(moved)
             elif req.via_cache and self._recently_erased(cid):
                 answers.append(Erased(cid))
+            elif (before := self.engine.decided_before(req)) is not None:
+                answers.append(before)  # a repeat of a keyed request: nothing new is recorded
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
             else:

@@ -187,6 +187,11 @@ _DECIDE_FIELDS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_DECIDE_LIMIT, "default": 1},
     "explain": {"type": "boolean", "default": False},
     "deadline_ms": {"type": "number", "exclusiveMinimum": 0},
+    "idempotency_key": {
+        **ID,
+        "description": "decide once per customer and key: a repeat gets the logged decision "
+        "again, and counts no impression (e.g. a campaign id)",
+    },
 }
 
 DECIDE_BODY = {
