@@ -19,7 +19,7 @@ from tests_support import auth_headers
 
 from actors.shard import NAMESPACE, shard_name
 from models.access import KeyStore
-from models.partitioning import PartitionMap
+from models.partitioning import PartitionMap, partition_of
 
 REPORTS = ("volumes", "experiments", "models", "health")
 
@@ -189,3 +189,58 @@ async def test_a_killed_shard_neither_loses_nor_double_counts_its_report_counter
     after = web_totals(r.json())
     for field in ("decisions", "positives", "impressions", "responses"):
         assert {k: v[field] for k, v in after.items()} == {k: v[field] for k, v in before.items()}
+
+
+async def move_partition(client: httpx.AsyncClient, partition: int, to: int) -> None:
+    r = await client.post("/v1/admin/moves", json={"partitions": [partition], "to": to})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while True:
+        progress = (await client.get("/v1/admin/rebalance")).json()
+        if not progress["running"] and progress["map"]["owners"][partition] == to:
+            assert progress["error"] is None, progress
+            return
+        assert time.monotonic() < deadline, progress
+        await asyncio.sleep(0.2)
+
+
+async def test_a_partition_move_keeps_every_count_and_responses_after_it_count_too(
+    client: httpx.AsyncClient, server_settings
+) -> None:
+    pmap = PartitionMap.initial(server_settings.partitions, 2)
+    owners = (await client.get("/v1/admin/rebalance")).json()["map"]["owners"]
+    partition = next(p for p, s in enumerate(owners) if s == 0 and pmap.owners[p] == 0)
+    cids = []
+    for i in range(5000):
+        cid = f"rep-mv-{i}-{uuid.uuid4().hex[:6]}"
+        if partition_of(cid, server_settings.partitions) == partition:
+            cids.append(cid)
+        if len(cids) == 8:
+            break
+    before = await volumes(client)
+    decisions = []
+    for cid in cids:
+        r = await client.post("/v1/decide", json={"customer_id": cid, "channel": "web",
+                                                  "deadline_ms": 5000})  # fmt: skip
+        assert r.status_code == 200 and not r.json()["fallback"], r.text
+        decisions.append(r.json())
+
+    async def respond(ds: list[dict]) -> None:
+        events = [{"event_id": uuid.uuid4().hex, "customer_id": d["customer_id"],
+                   "type": "response", "decision_id": d["decision_id"],
+                   "attributes": {"outcome": "accepted"}} for d in ds]  # fmt: skip
+        r = await client.post("/v1/events", json={"events": events})
+        assert r.status_code == 200, r.text
+
+    await respond(decisions[:4])  # counted by shard 0
+    try:
+        await move_partition(client, partition, 1)
+        await respond(decisions[4:])  # attributed on shard 1, to decisions counted on shard 0
+        after = await volumes(client)
+    finally:
+        await move_partition(client, partition, 0)
+    chosen = Counter(d["offers"][0]["offer_id"] if d["offers"] else None for d in decisions)
+    assert delta(after, before, "decisions") == chosen
+    positives = Counter(d["offers"][0]["offer_id"] for d in decisions if d["offers"])
+    assert delta(after, before, "positives") == positives
+    assert await volumes(client) == after  # moving back changes nothing either
