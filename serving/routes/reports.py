@@ -67,6 +67,19 @@ def _range(since: float | None, until: float | None) -> tuple[float, float]:
     return reports.time_range(since, until, time.time())
 
 
+async def _report_input(
+    request: Request, since: float | None, until: float | None, with_catalog: bool = False
+) -> tuple[Ingress, float, float, ReportCounters, Catalog | None]:
+    """What a counting report starts from: the range, every shard's counters, the catalogue."""
+    lo, hi = _range(since, until)
+    ing = await ingress_of(request)
+    counters, _ = await _counters(ing, lo, hi)
+    catalog = None
+    if with_catalog:
+        catalog = load_catalog(await ing.region.coordinator.get_catalog.remote())
+    return ing, lo, hi, counters, catalog
+
+
 @router.get(
     "/volumes",
     summary="Decisions, impressions, responses and success rates per hour, channel and offer",
@@ -79,9 +92,7 @@ async def volumes(
     channel: str | None = Query(None, max_length=200, description="only this channel"),
     offer_id: str | None = Query(None, max_length=200, description="only this offer"),
 ) -> Response:
-    lo, hi = _range(since, until)
-    ing = await ingress_of(request)
-    counters, _ = await _counters(ing, lo, hi)
+    _, lo, hi, counters, _ = await _report_input(request, since, until)
     return answer(request, reports.volumes(counters, lo, hi, channel, offer_id))
 
 
@@ -117,10 +128,8 @@ def declared_experiments(catalog: Catalog) -> dict[str, dict[str, Any]]:
 async def experiments(
     request: Request, since: float | None = Since, until: float | None = Until
 ) -> Response:
-    lo, hi = _range(since, until)
-    ing = await ingress_of(request)
-    counters, _ = await _counters(ing, lo, hi)
-    catalog = load_catalog(await ing.region.coordinator.get_catalog.remote())
+    _, lo, hi, counters, catalog = await _report_input(request, since, until, True)
+    assert catalog is not None
     body = reports.experiments(counters, lo, hi, declared_experiments(catalog))
     return answer(request, body)
 
@@ -133,12 +142,9 @@ async def experiments(
 async def models(
     request: Request, since: float | None = Since, until: float | None = Until
 ) -> Response:
-    lo, hi = _range(since, until)
-    ing = await ingress_of(request)
-    counters, _ = await _counters(ing, lo, hi)
-    catalog = load_catalog(await ing.region.coordinator.get_catalog.remote())
+    ing, lo, hi, counters, catalog = await _report_input(request, since, until, True)
     adaptive: dict[str, dict] = {}
-    if catalog.learning is not None:
+    if catalog is not None and catalog.learning is not None:
         try:
             merged, _ = await merged_models(ing, catalog)
         except (Unavailable, asyncio.TimeoutError, RayError):
