@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint format model install clean bench-learning
+.PHONY: serve test lint format model install clean bench-learning browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/rtim serve $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium, for the dashboard's browser test (tests/integration/test_dashboard_browser.py).
+# Installed with apt-get when missing and we are root; otherwise that test skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "chromium could not be installed: the dashboard browser test will skip"
 
 # make bench [PROFILES=N] [QUICK=1] [ARGS="--compare-ingress ..."]; see loadtest/README.md
 bench: $(STAMP)

@@ -4,7 +4,8 @@ It decides for a batch of (profile, request) pairs with one model run
 (:func:`models.decisioning.arbitration.decide_many`), logs each
 :class:`~models.decisioning.record.DecisionRecord`, counts the chosen offers
 as impressions when the catalogue says so, and attributes ``response``
-events to logged decisions. It journals :class:`DecisionsMade`,
+events to logged decisions; the shard's report counters count both
+(``actors/reporting.py``). It journals :class:`DecisionsMade`,
 :class:`CatalogActivated` and :class:`ModelActivated`.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from actors.durable import JournalRecord, journal_record
 from actors.learning import Learning
+from actors.reporting import ReportBook
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.arbitration import decide_many
@@ -59,9 +61,11 @@ class DecisionEngine:
         catalog: dict | None,
         model_version: str | None,
         learning: Learning | None = None,
+        reports: ReportBook | None = None,
     ) -> None:
         self.settings = settings
         self.learning = learning or Learning(settings.decision_log_size)
+        self.reports = reports or ReportBook(settings.report_retention_h)
         # Start from what the coordinator says is active; the journal may hold
         # a newer activation, which recovery applies on top.
         self.catalog: Catalog = load_catalog(catalog or settings.catalog)
@@ -142,6 +146,7 @@ class DecisionEngine:
             record.request_key = req.idempotency_key
             record.impressions = on_decide and bool(record.offers)
             self._log(record, profile, now)
+        self.reports.decided(records, self.catalog)
         self.decisions += len(records)
         return records
 
@@ -156,6 +161,7 @@ class DecisionEngine:
                 profile = touched.get(cid) or profile_of(cid)
                 touched[cid] = profile
             self._log(record, profile, rec.now)
+            self.reports.decided([record], self.catalog)
         return list(touched.values())
 
     def _log(self, record: DecisionRecord, profile: Profile | None, now: float) -> None:
@@ -179,7 +185,10 @@ class DecisionEngine:
         record = self.log.get(ev.decision_id)
         if record is not None and record.customer_id != ev.customer_id:
             record = None
+        before = len(record.outcomes) if record is not None else 0
         offer = self.log.attribute(ev.decision_id, ev.customer_id, ev.offer_id, outcome, ev.ts)
+        if record is not None:
+            self.reports.attributed(record, before, self.catalog)
         self.learning.learn(record, offer, outcome, self.catalog)
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)

@@ -10,6 +10,7 @@ component:
 - :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
 - :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
 - :class:`~actors.learning.Learning`: adaptive models, learning from responses.
+- :class:`~actors.reporting.ReportBook`: hourly report counters (merged on read).
 
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
@@ -53,6 +54,7 @@ from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
+from actors.reporting import FallbacksCounted, ReportBook
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
@@ -95,7 +97,10 @@ class ProfileShardImpl:
         tombstone_s = 2 * self.settings.identity_cache_ttl_s + 60
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
         self.learning = Learning(self.settings.decision_log_size)
-        self.engine = DecisionEngine(self.settings, catalog, model_version, self.learning)
+        self.reports = ReportBook(self.settings.report_retention_h)
+        self.engine = DecisionEngine(
+            self.settings, catalog, model_version, self.learning, self.reports
+        )
         self.handover = Handover(self.settings.session_gap_s)
         self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
@@ -123,6 +128,7 @@ class ProfileShardImpl:
                 OutcomesTimedOut: lambda r: self.learning.timed_out(
                     r, self.engine.log, self.engine.catalog
                 ),
+                FallbacksCounted: self.reports.fallbacks,
             },
         )
         self.started_at = time.time()
@@ -139,6 +145,7 @@ class ProfileShardImpl:
         self.handover.reset()
         self.handoff.reset()
         self.learning.reset_state()
+        self.reports.reset()
 
     def load_snapshot(self, state: dict) -> None:
         self.profiles.load_snapshot(state)
@@ -146,6 +153,7 @@ class ProfileShardImpl:
         self.handover.load_snapshot(state)
         self.handoff.load_snapshot(state)
         self.learning.load_snapshot(state, self.engine.log)
+        self.reports.load_snapshot(state)
 
     def snapshot_state(self) -> dict:
         return {
@@ -157,6 +165,7 @@ class ProfileShardImpl:
             **self.handover.snapshot(),
             **self.handoff.snapshot(),
             **self.learning.snapshot(),
+            **self.reports.snapshot(),
         }
 
     def _replay_decisions(self, rec: DecisionsMade) -> None:
@@ -204,6 +213,7 @@ class ProfileShardImpl:
             await self.expire_outcomes()
             self.durable.tick()
             self.profiles.prune(time.time())
+            self.reports.prune()
             if self.durable.degraded is None and self.durable.recovered:
                 for absorbed in list(self.handover.pending):
                     await self._deliver(absorbed)
@@ -305,6 +315,7 @@ class ProfileShardImpl:
             "recovery": {"profiles": len(self.profiles.store), **self.durable.recovery},
             "decisions": self.engine.decisions,
             "decision_log": len(self.engine.log),
+            "report_entries": len(self.reports.counters),
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -486,6 +497,23 @@ class ProfileShardImpl:
         if refused:
             return refused
         return self.engine.log.for_customer(customer_id)
+
+    # -- reports (actors/reporting.py) --------------------------------------------------
+
+    async def report_counters(self, since: float, until: float) -> dict[str, list]:
+        """This shard's report counters of the buckets in ``[since, until)``."""
+        self._ensure_timer()
+        return self.reports.query(since, until)
+
+    async def count_fallbacks(self, batch_id: str, rows: list[list]) -> int | ShardUnavailable:
+        """Count an ingress replica's fallback answers (once per ``batch_id``); journalled."""
+        if self.durable.degraded:
+            return ShardUnavailable(self.durable.degraded)
+        rec = FallbacksCounted(batch_id, rows)
+        if self.reports.fallbacks(rec):
+            self.durable.append(rec)
+        failed = await self._record()
+        return failed or sum(int(r[3]) for r in rows)
 
     # -- merges (identity resolution) -----------------------------------------------------
 

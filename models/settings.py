@@ -63,6 +63,8 @@ class Settings:
     client_timeout_s: int = 30  # HAProxy closes a client idle this long mid-request
     # Adaptive models: each shard pulls the others' evidence this often (README, Learning).
     learning_merge_interval_s: float = 2.0
+    # Report counters: hourly buckets kept per shard (docs/reports.md, Retention).
+    report_retention_h: int = 24 * 31
 
     def __post_init__(self) -> None:
         positive = (
@@ -73,7 +75,7 @@ class Settings:
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
             "move_partitions",
             "client_timeout_s",
-            "learning_merge_interval_s",
+            "learning_merge_interval_s", "report_retention_h",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

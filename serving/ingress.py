@@ -27,6 +27,7 @@ from models.errors import IdentityConflict, Unavailable, ValidationError
 from models.identity.config import IdentityConfig
 from models.settings import Settings
 from serving.coalesce import DecideCoalescer
+from serving.fallbacks import FallbackTally
 from serving.identity import IdentityResolver
 from serving.region import ShardRegion
 
@@ -62,6 +63,7 @@ class Ingress:
         self._start_lock = asyncio.Lock()
         self.inflight = 0
         self.fallbacks = 0
+        self.fallback_tally = FallbackTally()  # counted into the reports (serving/fallbacks.py)
         self.fallback_counter: Any = None
         if metrics:
             from ray.serve import metrics as serve_metrics
@@ -244,8 +246,11 @@ class Ingress:
         if self.fallback_counter is not None:
             self.fallback_counter.inc()
         offers = self.catalog.fallback_offers(req.channels)[: req.limit]
+        now = time.time()
+        self.fallback_tally.add(req.channels, offers, now)
+        self.fallback_tally.start(lambda: self.region.shards)
         return DecisionRecord.fallback_for(
-            req.customer_id, list(req.channels), offers, self.catalog.version, time.time()
+            req.customer_id, list(req.channels), offers, self.catalog.version, now
         )
 
     def counters(self) -> dict[str, Any]:

@@ -363,3 +363,169 @@ ADAPTIVE_EXPORT = _object({"model": _STR, "evidence": {"type": ["object", "null"
 ADAPTIVE_RESET = _object({"model": _NULLABLE_STR, "shards": _PER_SHARD})
 ADAPTIVE_FROZEN = _object({"model": _STR, "frozen": _BOOL, "shards": _PER_SHARD})
 SEGMENT_PAGE = _object({"shard": _INT, "shards": _INT})
+# -- reports (GET /v1/reports/*; docs/reports.md) ------------------------------------------
+
+_NUM = {"type": "number"}
+_INT = {"type": "integer", "minimum": 0}
+_RATE = {"type": ["number", "null"]}
+_VOLUME_FIELDS = {
+    "channel": {"type": "string"},
+    "offer_id": {"type": ["string", "null"], "description": "null: no message"},
+    "decisions": _INT,
+    "impressions": _INT,
+    "responses": {"type": "object", "additionalProperties": _INT},
+    "positives": _INT,
+    "success_rate": _RATE,
+    "value": _NUM,
+    "cost": _NUM,
+    "fallbacks": _INT,
+}
+_VOLUME_TOTAL = {
+    "type": "object",
+    "required": ["channel", "offer_id", "decisions", "impressions", "responses", "positives",
+                 "success_rate", "value", "cost"],
+    "properties": _VOLUME_FIELDS,
+}  # fmt: skip
+REPORT_VOLUMES = {
+    "type": "object",
+    "required": ["since", "until", "bucket_s", "series", "totals"],
+    "properties": {
+        "since": _NUM,
+        "until": _NUM,
+        "bucket_s": {"type": "integer"},
+        "series": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["ts", *_VOLUME_TOTAL["required"]],
+                "properties": {"ts": _NUM, **_VOLUME_FIELDS},
+            },
+        },
+        "totals": {"type": "array", "items": _VOLUME_TOTAL},
+    },
+}
+_LIFT = {
+    "type": ["object", "null"],
+    "required": ["estimate", "ci_low", "ci_high", "significant"],
+    "properties": {
+        "estimate": _NUM,
+        "ci_low": _NUM,
+        "ci_high": _NUM,
+        "significant": {"type": "boolean"},
+    },
+    "description": "relative lift (arm / control - 1), 95% CI by the delta method; "
+    "null when undefined",
+}
+REPORT_EXPERIMENTS = {
+    "type": "object",
+    "required": ["experiments"],
+    "properties": {
+        "since": _NUM,
+        "until": _NUM,
+        "experiments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "control", "arms"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "control": {"type": "string"},
+                    "arms": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["arm", "policy", "share", "decisions", "positives",
+                                         "success_rate", "value_per_decision", "lift"],
+                            "properties": {
+                                "arm": {"type": "string"},
+                                "policy": {"type": "string"},
+                                "share": _NUM,
+                                "decisions": _INT,
+                                "positives": _INT,
+                                "success_rate": _RATE,
+                                "value_per_decision": _RATE,
+                                "lift": {
+                                    "type": ["object", "null"],
+                                    "required": ["success_rate", "value_per_decision"],
+                                    "properties": {
+                                        "success_rate": _LIFT,
+                                        "value_per_decision": _LIFT,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}  # fmt: skip
+REPORT_MODELS = {
+    "type": "object",
+    "required": ["models"],
+    "properties": {
+        "since": _NUM,
+        "until": _NUM,
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "evidence", "positives", "maturity", "auc", "auc_series"],
+                "properties": {
+                    "key": {"type": "string", "description": "offer@channel"},
+                    "adaptive": {"type": "boolean"},
+                    "evidence": _INT,
+                    "positives": _INT,
+                    "maturity": {"type": "number", "minimum": 0, "maximum": 1},
+                    "auc": _RATE,
+                    "auc_series": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["ts", "auc", "n"],
+                            "properties": {"ts": _NUM, "auc": _RATE, "n": _INT},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+REPORT_HEALTH = {
+    "type": "object",
+    "required": ["shards", "fallbacks"],
+    "properties": {
+        "since": _NUM,
+        "until": _NUM,
+        "shards": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "alive", "profiles", "decisions", "events_applied"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "alive": {"type": "boolean"},
+                    "degraded": {"type": ["string", "null"]},
+                    "profiles": _INT,
+                    "decisions": _INT,
+                    "events_applied": _INT,
+                },
+            },
+        },
+        "fallbacks": {
+            "type": "object",
+            "required": ["total", "series"],
+            "properties": {
+                "total": _INT,
+                "series": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["ts", "fallbacks", "decisions"],
+                        "properties": {"ts": _NUM, "fallbacks": _INT, "decisions": _INT},
+                    },
+                },
+            },
+        },
+    },
+}

@@ -61,9 +61,9 @@ class ChosenOffer(msgspec.Struct, kw_only=True):
 
 
 class Outcome(msgspec.Struct):
-    """A response attributed to a decision."""
+    """A response attributed to a decision (``offer_id`` None: to "no message")."""
 
-    offer_id: str
+    offer_id: str | None
     outcome: str
     ts: float
 
@@ -194,10 +194,13 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     def attribute(self, offer_id: str | None, outcome: str, ts: float) -> str | None:
         """Attach an outcome; return the offer it concerns (default: the first chosen).
 
-        None when the decision chose nothing and the outcome names no offer.
+        None when the decision chose nothing and the outcome names no offer
+        (the outcome is kept, with no offer: it is the no-message outcome).
         """
         if offer_id is None:
             if not self.offers:
+                if len(self.outcomes) < MAX_OUTCOMES:
+                    self.outcomes.append(Outcome(None, outcome, ts))
                 return None
             offer_id = self.offers[0].offer_id
         if len(self.outcomes) < MAX_OUTCOMES:

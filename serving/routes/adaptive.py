@@ -39,7 +39,7 @@ async def _known(ing: Ingress, model: str) -> Catalog:
     return catalog
 
 
-async def _merged(ing: Ingress, catalog: Catalog) -> tuple[AdaptiveModels, dict[str, int]]:
+async def merged_models(ing: Ingress, catalog: Catalog) -> tuple[AdaptiveModels, dict[str, int]]:
     exports = await ing.region.broadcast("learning_evidence")
     models = AdaptiveModels(catalog.learning.prior_weight if catalog.learning else 20.0)
     models.merge_others(exports)
@@ -61,7 +61,7 @@ async def _merged(ing: Ingress, catalog: Catalog) -> tuple[AdaptiveModels, dict[
 async def list_models(request: Request) -> Response:
     ing = await ingress_of(request)
     catalog = await _catalog(ing)
-    models, counts = await _merged(ing, catalog)
+    models, counts = await merged_models(ing, catalog)
     body: dict[str, Any] = {
         "catalog_version": catalog.version,
         "models": [models.summary(k) for k in adaptive_model_keys(catalog)],
@@ -79,7 +79,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     catalog = await _known(ing, model)
-    models, _ = await _merged(ing, catalog)
+    models, _ = await merged_models(ing, catalog)
     return answer(request, models.summary(model))
 
 
@@ -92,7 +92,7 @@ async def get_model(request: Request, model: str) -> Response:
 async def export_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     catalog = await _known(ing, model)
-    models, _ = await _merged(ing, catalog)
+    models, _ = await merged_models(ing, catalog)
     ev = models.merged.get(model)
     return answer(request, {"model": model, "evidence": None if ev is None else ev.to_builtins()})
 
