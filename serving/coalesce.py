@@ -60,12 +60,15 @@ class DecideCoalescer:
         self.round_trip_s: dict[int, float] = defaultdict(float)  # EWMA per shard
 
     def expected_wait_s(self, customer_id: str) -> float:
-        """About how long a decide sent now would take: the batches queued ahead
-        of it in this replica, then its own call, at the shard's recent round trip."""
+        """About how long a decide sent now would take to come back: its own call
+        plus the batches queued ahead of it in this replica, at the shard's recent
+        round trip (which includes this replica's event-loop lag). Zero while no
+        call to the shard is in flight, so a stale estimate is always re-measured."""
         shard = self.region.shard_of(customer_id)
-        ahead = len(self._queues[shard]) // self.max_batch + 1
-        waves = ahead if self._calls[shard] < self.max_calls else ahead + 1
-        return self.round_trip_s[shard] * waves / self.max_calls
+        if self._calls[shard] == 0:
+            return 0.0
+        ahead = len(self._queues[shard]) // self.max_batch
+        return self.round_trip_s[shard] * (1 + ahead / self.max_calls)
 
     async def decide(self, request: DecideRequest, deadline: float) -> DecisionRecord | Expired:
         """One decision, or ``Expired`` if the shard saw it after ``deadline`` (epoch s)."""
