@@ -209,3 +209,25 @@ def body(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
             "503": {"description": "overloaded or a shard is down; see Retry-After"},
         },
     }
+
+
+# Headers of POST /v1/decide for admission control (see docs/api.md).
+ADMISSION_HEADERS = [
+    {
+        "name": "RTIM-On-Overload",
+        "in": "header",
+        "required": False,
+        "description": "What to answer when no decision can be made within the deadline: "
+        "`fallback` (default; the catalogue's fallback with `fallback: true`) or `reject` "
+        "(503 with `Retry-After` and error code `deadline`).",
+        "schema": {"type": "string", "enum": ["fallback", "reject"]},
+    },
+    {
+        "name": "X-Request-Start",
+        "in": "header",
+        "required": False,
+        "description": "When the request reached the edge (`t=` + epoch seconds, ms or µs, "
+        "as load balancers stamp it); the deadline counts from then.",
+        "schema": {"type": "string"},
+    },
+]

@@ -54,12 +54,16 @@ async def record_events(ing: Ingress, request: Request) -> Response:
     summary="Next best action for one customer",
     dependencies=[require("decide")],
     responses=schema.typed(schema.DECISION),
-    openapi_extra=schema.body(
-        schema.DECIDE_BODY,
-        "An empty `offers` list means no message. `explain: true` adds the trace. "
-        "If the owning shard cannot answer within `deadline_ms` the catalogue's "
-        "fallback is returned with `fallback: true`.",
-    ),
+    openapi_extra={
+        **schema.body(
+            schema.DECIDE_BODY,
+            "An empty `offers` list means no message. `explain: true` adds the trace. "
+            "If the owning shard cannot answer within `deadline_ms` (counted from "
+            "`X-Request-Start` when given) the catalogue's fallback is returned with "
+            "`fallback: true`, or 503 with `RTIM-On-Overload: reject`.",
+        ),
+        "parameters": schema.ADMISSION_HEADERS,
+    },
 )
 async def decide(request: Request) -> Response:
     arrived = arrival(request, time.monotonic())
