@@ -31,6 +31,7 @@ from typing import Any
 
 import ray
 
+from actors.decide_wire import pack_answers, unpack_requests
 from actors.decisions import CatalogActivated, DecisionEngine, DecisionsMade, ModelActivated
 from actors.durable import DurableState
 from actors.handoff import (
@@ -488,6 +489,12 @@ class ProfileShardImpl:
             if failed:
                 return failed
         return answers
+
+    async def decide_packed(
+        self, requests: bytes, deadlines: list[float] | None, epoch: int
+    ) -> bytes | Refused | Failed:
+        """:meth:`decide` with msgpack requests and answers (:mod:`actors.decide_wire`)."""
+        return pack_answers(await self.decide(unpack_requests(requests), deadlines, epoch))
 
     async def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         return self.engine.entry(decision_id)

@@ -71,6 +71,10 @@ class Plan:
     preload_concurrency: int
     client: str
     seed: int
+    external: bool = False  # wrk rows, overload runs and the reference (loadtest.external)
+    wrk_levels: tuple[int, ...] = (16, 64)
+    overload_levels: tuple[int, ...] = (256, 1200)
+    reference_profiles: int = 20_000
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -502,6 +506,21 @@ def bench_one_server(
             # Every client (raw, aiohttp, locust children) sends this key.
             os.environ["RTIM_API_KEY"] = srv.api_key
             out = run_async(_bench_server(srv.host, srv.port, srv.url, srv.sid, plan, args))
+            if plan.external:
+                from loadtest.external import measure_external
+
+                profiles = out["memory"]["after"]["profiles"] or plan.profiles
+                out["external"] = measure_external(
+                    srv.url, srv.api_key, srv.sid,
+                    profiles=profiles,
+                    levels=plan.wrk_levels,
+                    overload_levels=plan.overload_levels,
+                    duration_s=plan.duration_s,
+                    repeats=plan.repeats,
+                    reference_profiles=min(plan.reference_profiles, max(profiles, 1)),
+                    log_dir=run_dir,
+                    say=say,
+                )  # fmt: skip
             out["server"] = {
                 "url": srv.url,
                 "started_in_s": round(srv.started_in_s, 1),
@@ -590,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run noop+decide (or --phases) under both ingress modes",
     )
+    p.add_argument(
+        "--external",
+        action=argparse.BooleanOptionalAction,
+        help="wrk rows (noop, decide, overload) and the no-Ray reference "
+        "(default on; off with --quick)",
+    )
+    p.add_argument("--wrk-levels", help="wrk connections, comma separated (default 16,64)")
+    p.add_argument(
+        "--overload-levels", help="wrk overload connections (default 256,1200; quick 256)"
+    )
+    p.add_argument(
+        "--reference-profiles",
+        type=int,
+        default=20_000,
+        help="profiles the reference process holds (at most --profiles)",
+    )
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator")
     p.add_argument(
         "--client-cost",
@@ -641,10 +676,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
         preload_concurrency=args.preload_concurrency,
         client=args.client,
         seed=args.seed,
+        external=(not q and not args.compare_ingress and not args.url and bool(phases))
+        if args.external is None
+        else args.external,
+        wrk_levels=_levels(args.wrk_levels, (16,) if q else (16, 64)),
+        overload_levels=_levels(args.overload_levels, (256,) if q else (256, 1200)),
+        reference_profiles=args.reference_profiles,
     )
     if plan.profiles < 0 or min(plan.levels) < 1 or plan.repeats < 1:
         raise SystemExit("bench: profiles must be >= 0, levels >= 1, repeats >= 1")
     return plan
+
+
+def _levels(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",")) if text else default
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -744,6 +789,12 @@ def ingress_summary(comparison: dict[str, Any]) -> dict[str, Any]:
 
 def _error_count(results: dict[str, Any]) -> dict[str, Any]:
     by_phase = {p: results[p]["errors"] for p in PHASES if p in results and results[p]["errors"]}
+    # External rows at the normal levels count; overload runs report their own.
+    ext = results.get("external", {})
+    for row in ("noop", "decide", "reference"):
+        for level, r in ext.get(row, {}).items():
+            if r["errors"]:
+                by_phase[f"external.{row}.{level}"] = r["errors"]
     preload = results.get("preload", {}).get("errors", 0)
     return {
         "total": sum(by_phase.values()) + preload,
@@ -766,6 +817,15 @@ def finish(results: dict[str, Any], plan: Plan, out_path: Path) -> int:
                 f"(by concurrency {r.get('ratio_by_concurrency')}); "
                 f"real decisions ÷ noop: {r.get('ratio_decided_to_noop')}"
             )
+    if "external" in results:
+        from loadtest.external import format_external
+
+        ext = results["external"]
+        say("\n-- wrk (external load generator) and the no-Ray reference\n" + format_external(ext))
+        say(
+            f"decide ÷ noop (wrk): {ext['ratio_decide_to_noop']}; "
+            f"decide ÷ reference: {ext['ratio_decide_to_reference']}"
+        )
     if comparison:
         results["ingress_summary"] = ingress_summary(comparison)
         say(f"\n== ingress comparison at c={max(plan.levels)} (medians)")

@@ -17,6 +17,7 @@ REQUIRED_KEYS = (
     "decide.rps",
     "decide.p50_ms",
     "decide.p99_ms",
+    "decide.fallback_share",
     "ratio_decide_to_noop",
     "events.events_per_s",
     "batch_decide.decisions_per_s",
@@ -118,6 +119,7 @@ def phase_block(phase: str, by_level: dict[int, dict[str, Any]], headline: int) 
         # Fallback answers (deadline missed) are 200s but not decisions: count them apart.
         block["fallbacks"] = sum(v["flagged"] for v in by_level.values())
         block["fallback_rate"] = head["flagged_rate"]
+        block["fallback_share"] = head["flagged_rate"]  # the name the issue tracker uses
         block["decided_rps"] = head["unflagged_rps"]
     block["by_concurrency"] = {str(level): v for level, v in sorted(by_level.items())}
     return block

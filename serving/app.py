@@ -3,7 +3,9 @@
 Channel, profile, admin and operations routes are separate routers
 (``serving/routes/``). Every error is ``{"error": {"code", "message",
 "field"}}`` (``serving/errors.py``). A plain ASGI middleware bounds the
-requests in flight per replica, answering 503 + ``Retry-After`` beyond it.
+requests in flight per replica, answering 503 + ``Retry-After`` beyond it;
+inside it, :class:`~serving.fastlane.FastLane` serves the two hottest routes
+without FastAPI's per-request machinery.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from serving.errors import (
     handle_rtim_error,
     handle_unexpected,
 )
+from serving.fastlane import FastLane
 from serving.ingress import Ingress
 from serving.routes import (
     adaptive,
@@ -84,6 +87,8 @@ def create_app(ingress: Ingress) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_request_validation)
     app.add_exception_handler(Exception, handle_unexpected)
+    # Added first, so it runs inside the in-flight bound.
+    app.add_middleware(FastLane, ingress=ingress, gate=app.state.gate)
     app.add_middleware(InflightBound, ingress=ingress)
     for router in (operations.router, channel.router, profiles.router, admin.router,
                    adaptive.router, segments.router, reports.router,

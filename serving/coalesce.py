@@ -25,6 +25,7 @@ from models.decisioning.record import DecisionRecord
 from models.decisioning.request import DecideRequest
 from models.errors import Unavailable
 
+EWMA = 0.2  # weight of the newest shard round trip in the running estimate
 MAX_ROUTES = 4  # re-routes (stale maps, merges) per request
 HOLD_S = 0.01  # wait before re-routing when the map has nothing newer (a hand-off)
 
@@ -56,6 +57,18 @@ class DecideCoalescer:
         self._tasks: set[asyncio.Task] = set()
         self.batches = 0
         self.requests = 0
+        self.round_trip_s: dict[int, float] = defaultdict(float)  # EWMA per shard
+
+    def expected_wait_s(self, customer_id: str) -> float:
+        """About how long a decide sent now would take to come back: its own call
+        plus the batches queued ahead of it in this replica, at the shard's recent
+        round trip (which includes this replica's event-loop lag). Zero while no
+        call to the shard is in flight, so a stale estimate is always re-measured."""
+        shard = self.region.shard_of(customer_id)
+        if self._calls[shard] == 0:
+            return 0.0
+        ahead = len(self._queues[shard]) // self.max_batch
+        return self.round_trip_s[shard] * (1 + ahead / self.max_calls)
 
     async def decide(self, request: DecideRequest, deadline: float) -> DecisionRecord | Expired:
         """One decision, or ``Expired`` if the shard saw it after ``deadline`` (epoch s)."""
@@ -89,12 +102,15 @@ class DecideCoalescer:
             live = [p for p in batch if not p.future.done()]
             if not live:
                 return
+            sent = time.monotonic()
             epoch, answer = await self.region.decide_on(
                 shard,
                 [p.request for p in live],
                 [p.deadline for p in live],
                 max(p.deadline for p in live) - time.time(),
             )
+            took = time.monotonic() - sent
+            self.round_trip_s[shard] += EWMA * (took - self.round_trip_s[shard])
             if isinstance(answer, StaleEpoch):
                 await self.region.refresh(epoch)
                 if self.region.epoch == epoch:  # a partition in hand-off: hold a moment

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from starlette.requests import Request
 
 from actors.replies import Erased, Expired
 from models.customer.events import Event
@@ -34,6 +37,10 @@ from serving.region import ShardRegion
 log = logging.getLogger("rtim.ingress")
 
 CATALOG_CHECK_S = 1.0
+SHED_RETRY_AFTER_S = 1.0
+OVERLOAD_HEADER = "rtim-on-overload"  # "fallback" (default) or "reject": 503 + Retry-After
+REQUEST_START_HEADER = "x-request-start"  # "t=<epoch s, ms or µs>": when it reached the edge
+MAX_QUEUED_S = 60.0  # older request-start stamps are taken as clock trouble, not queueing
 REFUSAL_RECHECK_S = 0.1
 T = TypeVar("T")
 
@@ -64,6 +71,8 @@ class Ingress:
         self.inflight = 0
         self.fallbacks = 0
         self.fallback_tally = FallbackTally()  # counted into the reports (serving/fallbacks.py)
+        self.shed = 0  # decides not sent to a shard: no time left or its queue too long
+        self.rejected = 0  # decides answered 503 (the caller asked for no fallback)
         self.fallback_counter: Any = None
         if metrics:
             from ray.serve import metrics as serve_metrics
@@ -206,30 +215,52 @@ class Ingress:
         return min(deadline_s, self.settings.shard_call_timeout_s)
 
     async def decide(
-        self, req: DecideRequest, identifiers: dict[str, str] | None = None
+        self,
+        req: DecideRequest,
+        identifiers: dict[str, str] | None = None,
+        arrived: float | None = None,
+        shed_with_503: bool = False,
     ) -> DecisionRecord:
         """The owning shard's decision, or the catalogue's fallback when it cannot answer
         within the deadline (late, down, restarting or unable to write).
 
-        ``identifiers``: what ``req.customer_id`` was resolved from; if a cached
-        lookup named a profile erased since, they are resolved again.
+        The deadline counts from ``arrived`` (monotonic s; default now). A
+        request that cannot be answered in time is shed at once, without
+        waiting for the shard: its budget is gone on arrival, or the shard's
+        queue in this replica is longer than the budget (see
+        :meth:`DecideCoalescer.expected_wait_s`). ``shed_with_503``: answer
+        such a request with ``Unavailable`` (503 + ``Retry-After``) instead
+        of the fallback. ``identifiers``: what ``req.customer_id`` was resolved
+        from; if a cached lookup named a profile erased since, they are
+        resolved again.
         """
-        outcome = await self._decide_once(req)
+        started = time.monotonic() if arrived is None else arrived
+        outcome = await self._decide_once(req, started)
         if isinstance(outcome, Erased) and identifiers:
             self.identity.forget_profile(outcome.customer_id)
             res = await self.identity.resolve(identifiers, "identifiers", use_cache=False)
             req = dataclasses.replace(req, customer_id=res.profile_id, via_cache=False)
-            outcome = await self._decide_once(req)
+            outcome = await self._decide_once(req, started)
         if not isinstance(outcome, DecisionRecord):
+            if shed_with_503:
+                self.rejected += 1
+                raise Unavailable(
+                    "no decision within the deadline; retry", SHED_RETRY_AFTER_S, code="deadline"
+                )
             return self.fallback(req)
         await self.refresh_catalog([outcome])
         return outcome
 
-    async def _decide_once(self, req: DecideRequest) -> DecisionRecord | Expired | Erased:
-        deadline_s = self.deadline_s(req)
+    async def _decide_once(
+        self, req: DecideRequest, started: float
+    ) -> DecisionRecord | Expired | Erased:
+        budget_s = self.deadline_s(req) - (time.monotonic() - started)
+        if budget_s <= 0 or self.coalescer.expected_wait_s(req.customer_id) >= budget_s:
+            self.shed += 1
+            return Expired()
         try:
             outcome = await asyncio.wait_for(
-                self.coalescer.decide(req, time.time() + deadline_s), timeout=deadline_s
+                self.coalescer.decide(req, time.time() + budget_s), timeout=budget_s
             )
         except asyncio.TimeoutError:
             return Expired()
@@ -257,6 +288,8 @@ class Ingress:
         c, i = self.coalescer, self.identity
         return {
             "decide_fallbacks": self.fallbacks,
+            "decide_shed": self.shed,
+            "decide_rejected": self.rejected,
             "inflight": self.inflight,
             "coalesced_batches": c.batches,
             "coalesced_requests": c.requests,
@@ -268,3 +301,35 @@ class Ingress:
             "identity_lost_races": i.lost_races,
             "catalog_version": self.catalog.version if self.catalog else None,
         }
+
+
+def sheds_with_503(request: Request) -> bool:
+    """Whether the caller asked for 503 + ``Retry-After`` instead of the fallback."""
+    value = request.headers.get(OVERLOAD_HEADER)
+    if value is None:
+        return False
+    value = value.strip().lower()
+    if value not in ("fallback", "reject"):
+        raise ValidationError("RTIM-On-Overload must be 'fallback' or 'reject'", OVERLOAD_HEADER)
+    return value == "reject"
+
+
+def arrival(request: Request, now: float) -> float:
+    """When the request reached the server (monotonic s), from ``X-Request-Start``.
+
+    The edge (a load balancer, or HAProxy with ``http-request set-header
+    X-Request-Start t=%Ts%ms``) stamps it in epoch seconds, milliseconds or
+    microseconds (``t=`` optional); without a usable stamp, ``now``.
+    """
+    stamp = request.headers.get(REQUEST_START_HEADER)
+    if not stamp:
+        return now
+    try:
+        t = float(stamp.strip().removeprefix("t="))
+    except ValueError:
+        return now
+    if not math.isfinite(t) or t <= 0:
+        return now
+    t = t / 1e6 if t > 1e14 else t / 1e3 if t > 1e11 else t
+    queued = time.time() - t
+    return now - queued if 0.0 < queued <= MAX_QUEUED_S else now

@@ -11,6 +11,7 @@ and decodes the shards' typed replies (:mod:`actors.replies`) in one place:
   a short wait during a move, not an error;
 - ``ShardUnavailable`` / ``Failed``: raise the matching project error;
 - ``Moved``: follow the merge to the surviving profile, telling ``on_moved``;
+- decide calls travel msgpack-packed both ways (:mod:`actors.decide_wire`);
 - a dead or restarting actor: retry with backoff within the call's deadline
   (events are idempotent by ``event_id``, so a retried batch is never double
   counted), then ``Unavailable``.
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.coordinator import get_or_create_coordinator
+from actors.decide_wire import pack_requests, unpack_answers
 from actors.profiles import pack_events
 from actors.replies import Failed, Moved, ShardUnavailable, StaleEpoch
 from models.customer.events import Event
@@ -287,17 +289,20 @@ class ShardRegion:
         """
         epoch = self.epoch
         deadline = time.monotonic() + max(timeout_s, 0.001)
-        return epoch, await self.invoke(shard, "decide", (requests, deadlines), deadline)
+        args = (pack_requests(requests), deadlines)
+        return epoch, unpack_answers(await self.invoke(shard, "decide_packed", args, deadline))
 
     async def decide_batch(self, requests: Sequence[Any]) -> list[Any]:
         """Decisions for many requests in request order, following merges."""
         out: list[Any] = [None] * len(requests)
         pending = list(enumerate(requests))
         for _ in range(MAX_MOVES + 1):
-            results = await self.scatter("decide", pending, _tagged_customer, None, send=_untag)
+            results = await self.scatter(
+                "decide_packed", pending, _tagged_customer, None, send=_packed_untagged
+            )
             pending = []
             for group, answers in results:
-                for (i, req), answer in zip(group, answers):
+                for (i, req), answer in zip(group, unpack_answers(answers)):
                     if isinstance(answer, Moved):
                         self.note_moved(req.customer_id, answer.to)
                         pending.append((i, _with_customer(req, answer.to)))
@@ -340,8 +345,8 @@ def _tagged_customer(item: tuple[int, Any]) -> str:
     return item[1].customer_id
 
 
-def _untag(group: list[tuple[int, Any]]) -> list[Any]:
-    return [r for _, r in group]
+def _packed_untagged(group: list[tuple[int, Any]]) -> bytes:
+    return pack_requests([r for _, r in group])
 
 
 def _with_customer(req: Any, customer_id: str) -> Any:

@@ -529,3 +529,23 @@ REPORT_HEALTH = {
         },
     },
 }
+# Headers of POST /v1/decide for admission control (see docs/api.md).
+ADMISSION_HEADERS = [
+    {
+        "name": "RTIM-On-Overload",
+        "in": "header",
+        "required": False,
+        "description": "What to answer when no decision can be made within the deadline: "
+        "`fallback` (default; the catalogue's fallback with `fallback: true`) or `reject` "
+        "(503 with `Retry-After` and error code `deadline`).",
+        "schema": {"type": "string", "enum": ["fallback", "reject"]},
+    },
+    {
+        "name": "X-Request-Start",
+        "in": "header",
+        "required": False,
+        "description": "When the request reached the edge (`t=` + epoch seconds, ms or µs, "
+        "as load balancers stamp it); the deadline counts from then.",
+        "schema": {"type": "string"},
+    },
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from models.identity.config import parse_identifiers
 from serving import schema
 from serving.auth import require
 from serving.codec import read_body
+from serving.ingress import Ingress, arrival, sheds_with_503
 from serving.routes.common import API, answer, ingress_of
 
 router = APIRouter()
@@ -33,7 +35,11 @@ router = APIRouter()
     ),
 )
 async def events(request: Request) -> Response:
-    ing = await ingress_of(request)
+    return await record_events(await ingress_of(request), request)
+
+
+async def record_events(ing: Ingress, request: Request) -> Response:
+    """``POST /v1/events`` after authentication (also the fast lane's path)."""
     s = ing.settings
     body = await read_body(request, s.max_body_bytes)
     batch = parse_event_batch(
@@ -48,15 +54,28 @@ async def events(request: Request) -> Response:
     summary="Next best action for one customer",
     dependencies=[require("decide")],
     responses=schema.typed(schema.DECISION),
-    openapi_extra=schema.body(
-        schema.DECIDE_BODY,
-        "An empty `offers` list means no message. `explain: true` adds the trace. "
-        "If the owning shard cannot answer within `deadline_ms` the catalogue's "
-        "fallback is returned with `fallback: true`.",
-    ),
+    openapi_extra={
+        **schema.body(
+            schema.DECIDE_BODY,
+            "An empty `offers` list means no message. `explain: true` adds the trace. "
+            "If the owning shard cannot answer within `deadline_ms` (counted from "
+            "`X-Request-Start` when given) the catalogue's fallback is returned with "
+            "`fallback: true`, or 503 with `RTIM-On-Overload: reject`.",
+        ),
+        "parameters": schema.ADMISSION_HEADERS,
+    },
 )
 async def decide(request: Request) -> Response:
-    ing = await ingress_of(request)
+    arrived = arrival(request, time.monotonic())
+    return await decide_one(await ingress_of(request), request, arrived)
+
+
+async def decide_one(ing: Ingress, request: Request, arrived: float) -> Response:
+    """``POST /v1/decide`` after authentication (also the fast lane's path).
+
+    ``arrived`` (monotonic s): when the request reached the server; the
+    deadline counts from then (see :meth:`Ingress.decide`).
+    """
     body = await read_body(request, ing.settings.max_body_bytes)
     ids, via_cache = None, False
     if isinstance(body, dict) and "identifiers" in body:
@@ -73,7 +92,7 @@ async def decide(request: Request) -> Response:
     )
     if via_cache:
         req = dataclasses.replace(req, via_cache=True)
-    record = await ing.decide(req, ids)
+    record = await ing.decide(req, ids, arrived, shed_with_503=sheds_with_503(request))
     return answer(request, record.answer())
 
 

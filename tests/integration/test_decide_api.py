@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -261,6 +262,51 @@ async def test_slow_shard_yields_fallback_within_the_deadline(client, server_set
     # The late shard call recorded nothing: no impression of the fallback's stand-in.
     profile = (await client.get(f"/v1/profiles/{cid}")).json()
     assert profile["history"] == []
+
+
+async def test_caller_refusing_the_fallback_gets_503_with_retry_after(
+    client, server_settings
+) -> None:
+    pmap = PartitionMap.initial(server_settings.partitions, 2)
+    cid = await customer(client, "reject")
+    shard = ray.get_actor(shard_name(pmap.shard_of(cid)), namespace=NAMESPACE)
+    await shard.set_slow.remote(0.5)
+    try:
+        body = {"customer_id": cid, "channel": "web", "deadline_ms": 50}
+        t0 = time.perf_counter()
+        # Both at once: one asks for the fallback, the other for a 503.
+        fell_back, refused = await asyncio.gather(
+            client.post("/v1/decide", json=body),
+            client.post("/v1/decide", json=body, headers={"RTIM-On-Overload": "reject"}),
+        )
+        elapsed = time.perf_counter() - t0
+    finally:
+        await shard.set_slow.remote(0.0)
+    assert fell_back.status_code == 200 and fell_back.json()["fallback"] is True
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "deadline"
+    assert elapsed < 0.4
+    bad = await client.post("/v1/decide", json=body, headers={"RTIM-On-Overload": "perhaps"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "rtim-on-overload"
+
+
+async def test_time_queued_before_the_server_counts_against_the_deadline(client) -> None:
+    cid = await customer(client, "queued")
+    body = {"customer_id": cid, "channel": "web", "placement": "home_hero", "deadline_ms": 50}
+    stamp = {"X-Request-Start": f"t={int((time.time() - 0.2) * 1000)}"}  # 200 ms at the edge
+    t0 = time.perf_counter()
+    late = await client.post("/v1/decide", json=body, headers=stamp)
+    assert time.perf_counter() - t0 < 0.3
+    assert late.status_code == 200 and late.json()["fallback"] is True
+    refused = await client.post(
+        "/v1/decide", json=body, headers={**stamp, "RTIM-On-Overload": "reject"}
+    )
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "deadline"
+    # Shed before any shard call: the fallback left no impression behind.
+    assert (await client.get(f"/v1/profiles/{cid}")).json()["history"] == []
+    fresh = await client.post("/v1/decide", json={**body, "deadline_ms": 5000})
+    assert fresh.status_code == 200 and fresh.json()["fallback"] is False
 
 
 @pytest.mark.parametrize(

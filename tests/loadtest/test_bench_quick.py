@@ -27,7 +27,7 @@ REQUIRED = (
     "noop.rps", "decide.rps", "decide.p50_ms", "decide.p99_ms", "ratio_decide_to_noop",
     "events.events_per_s", "batch_decide.decisions_per_s", "memory.bytes_per_profile",
     "profiles", "machine.cores", "machine.ray", "machine.python", "machine.ingress_mode",
-    "machine.fsync",
+    "machine.fsync", "decide.fallback_share",
 )  # fmt: skip
 
 
@@ -68,7 +68,9 @@ def port_open(url: str) -> bool:
 @pytest.mark.integration
 def test_quick_benchmark_reports_every_number_without_errors(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
-    code, log = run([sys.executable, "-m", "loadtest.bench", "--quick", "--out", str(out)], 240)
+    code, log = run(
+        [sys.executable, "-m", "loadtest.bench", "--quick", "--external", "--out", str(out)], 300
+    )
     assert code == 0, log[-3000:]
     data = json.loads(out.read_text())
     missing = []
@@ -92,6 +94,20 @@ def test_quick_benchmark_reports_every_number_without_errors(tmp_path: Path) -> 
     assert data["micro"]["demo"]["median_us"] > 0
     assert data["micro"]["decide_many"]["decisions_per_s"] > 0
     assert data["machine"]["cores"] == os.cpu_count()
+    # wrk beside the server: noop, decide and the no-Ray reference; then overload.
+    ext = data["external"]
+    for row in ("noop", "decide", "reference"):
+        r = ext[row]["16"]
+        assert r["requests"] > 0 and r["errors"] == 0, (row, r)
+        assert r["client_cpu_pct_of_core"] < 100, (row, r)  # wrk is not the bottleneck
+    assert ext["decide"]["16"]["fallback_share"] is not None
+    assert 0 < ext["ratio_decide_to_reference"]["16"] < 5
+    for mode, r in ext["overload"]["256"].items():
+        # Every answer is a decision, a fallback or (asked for) a 503.
+        allowed = {"200", "503"} if mode == "reject" else {"200"}
+        assert set(r["statuses"]) <= allowed, (mode, r)
+        assert r["decisions"] + r["fallbacks"] + r["rejected_503"] == r["requests"], (mode, r)
+    assert ext["overload"]["256"]["fallback"]["rejected_503"] == 0
     # The benchmark stopped the server it started.
     assert not port_open(data["server"]["url"])
 

@@ -1,0 +1,58 @@
+"""Admission control in the replica: when a request arrived, and what the caller asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from starlette.requests import Request
+
+from models.decisioning.catalog import load_catalog
+from models.decisioning.request import DecideRequest
+from models.errors import Unavailable, ValidationError
+from models.settings import load_settings
+from serving.ingress import Ingress, arrival, sheds_with_503
+
+
+def request_with(**headers: str) -> Request:
+    raw = [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "method": "POST", "path": "/v1/decide", "headers": raw})
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e6])
+def test_request_start_stamp_in_seconds_ms_or_us_moves_arrival_back(scale: float) -> None:
+    now = time.monotonic()
+    stamp = f"t={(time.time() - 0.25) * scale:.0f}" if scale > 1 else f"{time.time() - 0.25:.3f}"
+    arrived = arrival(request_with(x_request_start=stamp), now)
+    assert now - 0.3 < arrived < now - 0.2
+
+
+@pytest.mark.parametrize("stamp", ["", "t=", "soon", "t=nan", "-5", f"{time.time() + 30:.3f}",
+                                   f"{time.time() - 3600:.3f}"])  # fmt: skip
+def test_unusable_request_start_stamp_counts_from_now(stamp: str) -> None:
+    now = time.monotonic()
+    assert arrival(request_with(x_request_start=stamp), now) == now
+
+
+def test_on_overload_header_is_fallback_reject_or_a_400() -> None:
+    assert sheds_with_503(request_with()) is False
+    assert sheds_with_503(request_with(rtim_on_overload="fallback")) is False
+    assert sheds_with_503(request_with(rtim_on_overload=" Reject ")) is True
+    with pytest.raises(ValidationError) as err:
+        sheds_with_503(request_with(rtim_on_overload="maybe"))
+    assert err.value.field == "rtim-on-overload"
+
+
+def test_decide_whose_deadline_passed_in_the_queue_is_shed_without_a_shard_call() -> None:
+    settings = load_settings(None)
+    ingress = Ingress(settings, metrics=False)  # no Ray: a shard call would fail loudly
+    ingress.catalog = load_catalog(settings.catalog)
+    req = DecideRequest("c1", ("web",), "home_hero", deadline_ms=50)
+    queued_since = time.monotonic() - 0.06
+    record = asyncio.run(ingress.decide(req, arrived=queued_since))
+    assert record.fallback is True and ingress.shed == 1 and ingress.fallbacks == 1
+    with pytest.raises(Unavailable) as err:
+        asyncio.run(ingress.decide(req, arrived=queued_since, shed_with_503=True))
+    assert err.value.code == "deadline" and err.value.retry_after_s >= 1
+    assert ingress.rejected == 1 and ingress.fallbacks == 1
