@@ -18,6 +18,9 @@ the configuration, then executes the real HAProxy. It changes three things:
   before it forwards anything, so a client that sends headers and a
   truncated body holds an HAProxy connection, never one of a replica's
   in-flight slots (about 1,000 such clients used to make every endpoint 503).
+- **Arrival time.** The API frontend stamps ``X-Request-Start: t=<epoch ms>``
+  (replacing any a client sent), so a decide's deadline counts the time a
+  request queued in HAProxy too (``serving/ingress.py`` reads it).
 - **Own surfaces on loopback.** The stats page (no authentication) and the
   Prometheus exporter bind ``127.0.0.1`` instead of every interface.
 
@@ -49,6 +52,7 @@ _ERRORFILE = re.compile(r"^(\s*)errorfile (50[234]) \S+$", re.M)
 _STATS_BIND = re.compile(r"^(\s*)bind \*:(\d+)\s*$", re.M)
 _METRICS_BIND = re.compile(r"^(\s*)bind :(\d+)\s*$", re.M)
 _DEFAULTS = re.compile(r"^defaults\n(\s+)mode http\n", re.M)
+_API_FRONTEND = re.compile(r"^frontend http_frontend\n(\s+)bind \S+\n", re.M)
 
 
 def error_body(status: int) -> bytes:
@@ -99,6 +103,11 @@ def rewrite(config: str, directory: Path) -> str:
             f"{m.group(0)}{m.group(1)}option http-buffer-request\n"
             f"{m.group(1)}timeout http-request {timeout_s}s\n"
         ),
+        config,
+        count=1,
+    )
+    config = _API_FRONTEND.sub(
+        lambda m: f"{m.group(0)}{m.group(1)}http-request set-header X-Request-Start t=%Ts%ms\n",
         config,
         count=1,
     )

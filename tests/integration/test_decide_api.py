@@ -295,18 +295,33 @@ async def test_time_queued_before_the_server_counts_against_the_deadline(client)
     cid = await customer(client, "queued")
     body = {"customer_id": cid, "channel": "web", "placement": "home_hero", "deadline_ms": 50}
     stamp = {"X-Request-Start": f"t={int((time.time() - 0.2) * 1000)}"}  # 200 ms at the edge
-    t0 = time.perf_counter()
-    late = await client.post("/v1/decide", json=body, headers=stamp)
-    assert time.perf_counter() - t0 < 0.3
-    assert late.status_code == 200 and late.json()["fallback"] is True
-    refused = await client.post(
-        "/v1/decide", json=body, headers={**stamp, "RTIM-On-Overload": "reject"}
-    )
+    # An edge of one's own in front of a replica (the bundled HAProxy stamps its own).
+    replica = httpx.AsyncClient(base_url=replica_urls(expect=2)[0], headers=auth_headers())
+    async with replica:
+        t0 = time.perf_counter()
+        late = await replica.post("/v1/decide", json=body, headers=stamp)
+        assert time.perf_counter() - t0 < 0.3
+        assert late.status_code == 200 and late.json()["fallback"] is True
+        refused = await replica.post(
+            "/v1/decide", json=body, headers={**stamp, "RTIM-On-Overload": "reject"}
+        )
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "deadline"
     # Shed before any shard call: the fallback left no impression behind.
     assert (await client.get(f"/v1/profiles/{cid}")).json()["history"] == []
     fresh = await client.post("/v1/decide", json={**body, "deadline_ms": 5000})
     assert fresh.status_code == 200 and fresh.json()["fallback"] is False
+
+
+async def test_the_bundled_haproxy_stamps_arrival_itself(client) -> None:
+    """A client cannot back-date its request: HAProxy's own X-Request-Start replaces it."""
+    cid = await customer(client, "stamped")
+    body = {"customer_id": cid, "channel": "web", "deadline_ms": 5000}
+    forged = {
+        "X-Request-Start": f"t={int((time.time() - 60) * 1000)}",
+        "RTIM-On-Overload": "reject",
+    }
+    r = await client.post("/v1/decide", json=body, headers=forged)
+    assert r.status_code == 200 and r.json()["fallback"] is False, r.text
 
 
 @pytest.mark.parametrize(
