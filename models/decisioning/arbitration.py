@@ -381,18 +381,19 @@ class _Adaptive:
 
     def draw(self) -> np.ndarray:
         """``[M + 1, k]`` propensities (+ the no-message one last); row 0 is the one used."""
-        a, b = np.asarray(self.a), np.asarray(self.b)
+        a, b = self.a, self.b
         if self.none_key:
-            a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
+            a, b = [*a, self.none[0]], [*b, self.none[1]]
         learning, rng = self.learning, self.learner.rng
         if learning.exploration == "greedy":
-            return (a / (a + b)).reshape(1, -1)
+            mean = np.asarray(a) / (np.asarray(a) + np.asarray(b))
+            return mean.reshape(1, -1)
         # Beta(a, b) = X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b): numpy's gamma
         # sampler is ~2.5× faster than its beta sampler for these shapes, one
         # call for X and Y together saves a call's overhead, and float32 (ample
         # for a propensity) is a further ~15 % faster.
         k = len(a)
-        shapes = np.concatenate((a, b)).astype(np.float32)
+        shapes = np.array(a + b, dtype=np.float32)
         xy = rng.standard_gamma(shapes, size=(learning.draws + 1, 2 * k), dtype=np.float32)
         x = xy[:, :k].astype(np.float64)
         return x / (x + xy[:, k:])
