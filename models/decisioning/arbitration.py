@@ -425,14 +425,17 @@ def _choice_probabilities(
     """Per column, the probability the policy picks it; and of no action."""
     if draws.shape[0] == 1:  # greedy: deterministic
         return None, 1.0
-    net = np.empty((draws.shape[0], len(rows)))
-    net[:] = [row[0] for row in rows]  # fixed candidates: the same net value in every draw
     cols = adaptive.columns
     k = len(cols)
     scale = np.array([rows[col][3] * rows[col][4].value * rows[col][4].levers for col in cols])
     cost = np.array([rows[col][4].cost for col in cols])
     sampled = draws[:, :k] - draws[:, -1:] if adaptive.none_key else draws[:, :k]
-    net[:, cols] = sampled * scale - cost
+    if k == len(rows):  # every candidate adaptive (columns are added in row order)
+        net = sampled * scale - cost
+    else:
+        net = np.empty((draws.shape[0], len(rows)))
+        net[:] = [row[0] for row in rows]  # fixed candidates: the same value in every draw
+        net[:, cols] = sampled * scale - cost
     cands = [row[4] for row in rows]
     return choice_probabilities(
         net, [c.offer_id for c in cands], [c.group for c in cands],
