@@ -390,17 +390,22 @@ class _Adaptive:
 
     def draw(self) -> np.ndarray:
         """``[M + 1, k]`` propensities (+ the no-message one last); row 0 is the one used."""
-        a, b = np.asarray(self.a), np.asarray(self.b)
+        a, b = self.a, self.b
         if self.none_key:
-            a, b = np.append(a, self.none[0]), np.append(b, self.none[1])
+            a, b = [*a, self.none[0]], [*b, self.none[1]]
         learning, rng = self.learning, self.learner.rng
         if learning.exploration == "greedy":
-            return (a / (a + b)).reshape(1, -1)
+            mean = np.asarray(a) / (np.asarray(a) + np.asarray(b))
+            return mean.reshape(1, -1)
         # Beta(a, b) = X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b): numpy's gamma
-        # sampler is ~2.5× faster than its beta sampler for these shapes.
-        shape = (learning.draws + 1, len(a))
-        x = rng.standard_gamma(a, size=shape)
-        return x / (x + rng.standard_gamma(b, size=shape))
+        # sampler is ~2.5× faster than its beta sampler for these shapes, one
+        # call for X and Y together saves a call's overhead, and float32 (ample
+        # for a propensity) is a further ~15 % faster.
+        k = len(a)
+        shapes = np.array(a + b, dtype=np.float32)
+        xy = rng.standard_gamma(shapes, size=(learning.draws + 1, 2 * k), dtype=np.float32)
+        x = xy[:, :k].astype(np.float64)
+        return x / (x + xy[:, k:])
 
     def chosen_bins(self, picked: set[int]) -> list[tuple[int, CandidateSpec, list[str]]]:
         return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)
@@ -429,14 +434,17 @@ def _choice_probabilities(
     """Per column, the probability the policy picks it; and of no action."""
     if draws.shape[0] == 1:  # greedy: deterministic
         return None, 1.0
-    n = len(rows)
-    net = np.empty((draws.shape[0], n))
-    for row in rows:
-        net[:, row[5]] = row[0]
-    base = draws[:, -1] if adaptive.none_key else 0.0
-    for k, col in enumerate(adaptive.columns):
-        _, _, _, c, cand, _ = rows[col]
-        net[:, col] = (draws[:, k] - base) * c * cand.value * cand.levers - cand.cost
+    cols = adaptive.columns
+    k = len(cols)
+    scale = np.array([rows[col][3] * rows[col][4].value * rows[col][4].levers for col in cols])
+    cost = np.array([rows[col][4].cost for col in cols])
+    sampled = draws[:, :k] - draws[:, -1:] if adaptive.none_key else draws[:, :k]
+    if k == len(rows):  # every candidate adaptive (columns are added in row order)
+        net = sampled * scale - cost
+    else:
+        net = np.empty((draws.shape[0], len(rows)))
+        net[:] = [row[0] for row in rows]  # fixed candidates: the same value in every draw
+        net[:, cols] = sampled * scale - cost
     cands = [row[4] for row in rows]
     return choice_probabilities(
         net, [c.offer_id for c in cands], [c.group for c in cands],

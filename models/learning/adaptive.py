@@ -621,10 +621,10 @@ def choice_probabilities(
     if n == 0:
         return np.zeros(0), 1.0
     if limit == 1:
-        best = np.argmax(net, axis=1)
-        ok = net[np.arange(m), best] >= min_priority
-        counts = np.bincount(best[ok], minlength=n).astype(np.float64)
-        return counts / m, float(1.0 - ok.mean())
+        best = net.argmax(axis=1)
+        ok = net.max(axis=1) >= min_priority
+        counts = np.bincount(best, weights=ok, minlength=n)
+        return counts / m, 1.0 - int(np.count_nonzero(ok)) / m
     counts = np.zeros(n)
     empty = 0
     order = np.argsort(-net, axis=1, kind="stable")
