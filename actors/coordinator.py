@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import ray
@@ -234,12 +235,29 @@ class ShardCoordinatorImpl:
     # -- partition moves and scaling (actors/rebalance.py) --------------------------------
 
     def _resume(self) -> None:
-        """Once per coordinator: finish a half-done move, or bring every shard to the map."""
+        """Once per coordinator: finish a half-done move, or bring every shard to the map.
+
+        Called first by every public method that reads or changes the layout:
+        a restarted coordinator may be asked to start a job before anyone
+        asked for the topology, and the resumed work must then be *the* job
+        (or run before it), never a second job beside it: two jobs finishing
+        moves at once overwrite each other's persisted plan and map, and
+        shards end at an epoch the coordinator never gives out (the
+        multi-node scenario's "events never acknowledged again").
+        """
         if self.resumed is None:
-            job = self._run_job([], None) if self.move else self._sync_shards()
-            self.resumed = asyncio.get_running_loop().create_task(job)
             if self.move:
-                self.job = self.resumed
+                self.resumed = self._start(self._run_job([], None))
+            else:
+                self.resumed = asyncio.get_running_loop().create_task(self._sync_shards())
+
+    def _start(self, job: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Run ``job`` as the one scaling or move job (there is never a second)."""
+        if self._busy():
+            job.close()
+            raise RuntimeError("a scaling or move job is running already")
+        self.job = asyncio.get_running_loop().create_task(job)
+        return self.job
 
     async def _sync_shards(self) -> None:
         """After a crash between persisting a map and pushing it: push it, forget old exports."""
@@ -256,8 +274,9 @@ class ShardCoordinatorImpl:
         return self.job is not None and not self.job.done()
 
     def _refusal(self, shards: int | None = None) -> Failed | None:
+        self._resume()
         if self.move and not self._busy():  # a move that stalled earlier: try it again
-            self.job = asyncio.get_running_loop().create_task(self._run_job([], None))
+            self._start(self._run_job([], None))
         if self._busy() or self.move:
             return Failed(
                 "move_in_progress",
@@ -278,7 +297,7 @@ class ShardCoordinatorImpl:
         if refused:
             return refused
         moves = moves_for(self.map, shards, self.settings.move_partitions)
-        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, shards))
+        self._start(self._run_job(moves, shards))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -299,7 +318,7 @@ class ShardCoordinatorImpl:
         k = self.settings.move_partitions
         moves = [Move(src, to, tuple(ps[i : i + k]))
                  for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
-        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, None))
+        self._start(self._run_job(moves, None))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -315,6 +334,9 @@ class ShardCoordinatorImpl:
         """Run ``moves`` one after another (after a half-done one), then add/retire shards."""
         p = self.progress = Progress(True, shards, len(moves) + bool(self.move))
         p.started_at = time.time()
+        resumed = self.resumed
+        if resumed is not None and resumed is not asyncio.current_task():
+            await asyncio.wait([resumed])  # the start-up sync pushes the map first
         try:
             if self.move:
                 await self._finish_move()
@@ -340,6 +362,9 @@ class ShardCoordinatorImpl:
         except MoveStalled as exc:
             p.error = str(exc)
             log.error("rebalance stalled: %s", exc)
+        except Exception as exc:  # a bug: say so in the progress, never "done" silently
+            p.error = f"{type(exc).__name__}: {exc}"
+            log.exception("rebalance failed")
         finally:
             p.running = False
             p.current = None

@@ -172,9 +172,22 @@ def main() -> None:
             result["decides"] = traffic.decides
             result["decide_failures"] = traffic.decide_failures[:5]
             result["decide_fallbacks"] = get(c, "/v1/admin/ingress")["decide_fallbacks"]
+    except BaseException:
+        # What the server looked like when it went wrong (the test prints it).
+        result["event_failures"] = traffic.event_failures
+        try:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                result["shards_at_failure"] = shards_on(c)
+                result["rebalance_at_failure"] = get(c, "/v1/admin/rebalance")
+        except Exception as exc:
+            result["shards_at_failure"] = repr(exc)
+        raise
     finally:
-        traffic.stop()
         result["log"] = log
+        try:
+            traffic.stop(timeout_s=5)
+        except AssertionError:
+            pass
         print(json.dumps(result), flush=True)
         ray.shutdown()
         cluster.shutdown()
