@@ -24,14 +24,22 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.identity import IdentityShard, identity_name
-from actors.rebalance import MoveStalled, Progress, moves_for, next_map, until_done
+from actors.rebalance import (
+    STEP_TIMEOUT_S,
+    MoveStalled,
+    Progress,
+    moves_for,
+    next_map,
+    until_done,
+)
 from actors.replies import Failed, ShardUnavailable
 from actors.shard import NAMESPACE, ProfileShard, shard_dir, shard_name
 from models.atomic_file import replace_file
@@ -39,6 +47,7 @@ from models.decisioning.catalog import load_catalog
 from models.errors import RtimError
 from models.learning.registry import ModelRegistry
 from models.partitioning import Move, PartitionMap
+from models.placement import most_room, spread_plan
 from models.settings import Settings
 
 log = logging.getLogger("rtim.coordinator")
@@ -156,8 +165,15 @@ class ShardCoordinatorImpl:
         replace_file(self.state_path, json.dumps(data).encode())
 
     @staticmethod
-    def _options(name: str) -> dict[str, Any]:
-        """Shard actors: named, detached, restarted without limit, spread over nodes."""
+    def _options(name: str, node: str | None = None) -> dict[str, Any]:
+        """Shard actors: named, detached, restarted without limit, spread over nodes.
+
+        With ``node``: on that node while it lives (soft affinity: a shard
+        whose node is lost restarts on another one, as without it).
+        """
+        strategy: Any = "SPREAD"
+        if node is not None:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
         return {
             "name": name,
             "namespace": NAMESPACE,
@@ -167,11 +183,11 @@ class ShardCoordinatorImpl:
             "max_task_retries": 0,
             "num_cpus": 0,
             "max_concurrency": 1000,
-            "scheduling_strategy": "SPREAD",
+            "scheduling_strategy": strategy,
         }
 
-    def _shard(self, index: int) -> Any:
-        return ProfileShard.options(**self._options(shard_name(index))).remote(
+    def _shard(self, index: int, node: str | None = None) -> Any:
+        return ProfileShard.options(**self._options(shard_name(index), node)).remote(
             index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
         )
 
@@ -434,9 +450,13 @@ class ShardCoordinatorImpl:
         )
 
     async def _add_shards(self, shards: int) -> None:
-        """New, empty shards (owning nothing yet) on the nodes Ray's SPREAD picks."""
+        """New, empty shards (owning nothing yet), each on the node with the most room."""
+        nodes = live_nodes()
+        hosted = list((await self._shard_nodes()).values())
         for i in range(len(self.shards), shards):
-            self.shards.append(self._shard(i))
+            node = most_room(nodes, hosted) if nodes else None
+            self.shards.append(self._shard(i, node))
+            hosted.append(node or "")
         await until_done(
             "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
         )
@@ -454,8 +474,105 @@ class ShardCoordinatorImpl:
                 # Kept, not deleted: everything in it was handed off and acknowledged.
                 old.rename(old.with_name(f"{old.name}.retired-epoch-{self.map.epoch}"))
 
+    # -- shard placement over nodes (models/placement.py) --------------------------------
+
+    async def _shard_nodes(self) -> dict[int, str]:
+        """Where each profile shard runs now (a shard that does not answer: left out)."""
+        pings = await asyncio.gather(
+            *(asyncio.wait_for(s.ping.remote(), STEP_TIMEOUT_S) for s in self.shards),
+            return_exceptions=True,
+        )
+        return {i: p["node"] for i, p in enumerate(pings) if isinstance(p, dict)}
+
+    async def placement(self) -> dict[str, Any]:
+        """The live nodes (id, CPUs, shards on it) and each shard's node."""
+        self._resume()
+        where = await self._shard_nodes()
+        cpus = live_nodes()
+        on = {n: sorted(i for i, w in where.items() if w == n) for n in cpus}
+        return {
+            "nodes": [{"node": n, "cpus": cpus[n], "shards": on[n]} for n in sorted(on)],
+            "shards": [{"shard": i, "node": where.get(i)} for i in range(len(self.shards))],
+        }
+
+    async def rebalance_nodes(self, drain: str | None = None) -> dict[str, Any] | Failed:
+        """Start spreading shards over the live nodes (all off ``drain`` if given).
+
+        A shard moves by restarting it on the other node on the same data
+        directory (the data directory every node shares): no partition
+        changes owner, nothing is copied, and a shard's journal replay is
+        what a node loss costs anyway. The map's epoch then bumps, so every
+        region fetches the new actor handle.
+        """
+        refused = self._refusal()
+        if refused:
+            return refused
+        nodes = live_nodes()
+        if drain is not None and drain not in nodes:
+            return Failed("not_found", f"no live node {drain!r} (see GET /v1/admin/nodes)", "drain")
+        where = await self._shard_nodes()
+        if len(where) < len(self.shards):
+            down = sorted(set(range(len(self.shards))) - set(where))
+            return Failed("unavailable", f"shards {down} are not answering; retry", None)
+        try:
+            plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
+        except ValueError as exc:
+            return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
+        self._start(self._relocate_all(plan))
+        await asyncio.sleep(0)
+        return self.progress.to_dict()
+
+    async def _relocate_all(self, plan: list[tuple[int, str]]) -> None:
+        p = self.progress = Progress(True, None, len(plan))
+        p.started_at = time.time()
+        try:
+            for index, node in plan:
+                started = time.monotonic()
+                p.current = {"shard": index, "node": node, "step": "restarting"}
+                await self._relocate(index, node)
+                p.moves_done += 1
+                p.history.append({**p.current, "step": "done",
+                                  "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+        except Exception as exc:
+            p.error = f"{type(exc).__name__}: {exc}"
+            log.exception("shard relocation failed")
+        finally:
+            p.running, p.current, p.finished_at = False, None, time.time()
+
+    async def _relocate(self, index: int, node: str) -> None:
+        """Stop shard ``index`` and start it again on ``node``; bump the map's epoch.
+
+        Crash safety: the data directory is the shard's state, so a
+        coordinator that dies anywhere here leaves at worst a stopped shard,
+        which the restarted coordinator starts again by name (elsewhere).
+        """
+        old = self.shards[index]
+        ray.kill(old, no_restart=True)
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while True:  # the name is free once the old actor is dead
+            try:
+                await asyncio.wait_for(old.ping.remote(), 5.0)
+            except ray.exceptions.ActorDiedError:
+                break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise MoveStalled(f"shard {index} did not stop within {STEP_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(0.1)
+        self.shards[index] = self._shard(index, node)
+        await until_done(f"shard {index} starting on {node}", self.shards[index].ping.remote)
+        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, self.map.shards)
+        self._save_state()
+        await self._adopt_everywhere(self.map.to_dict())
+
 
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)
+
+
+def live_nodes() -> dict[str, float]:
+    """Live Ray nodes: node id → CPUs."""
+    return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0))
+            for n in ray.nodes() if n.get("Alive")}  # fmt: skip
 
 
 def _reason(reply: Any) -> str:
