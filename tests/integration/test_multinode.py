@@ -50,7 +50,9 @@ def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> 
     assert run.returncode == 0, (result.get("log"), run.stderr[-4000:])
     assert result["nodes_after_scale_out"] >= 2, result  # new shards went to other nodes
     assert result["lost_node_shards"], result
-    assert result["drained_partitions"] > 0, result
+    assert result["relocated_to_new_node"] >= 1, result  # rebalance used the new node
+    assert result["nodes_after_rebalance"] == 4, result  # one shard per node
+    assert result["drained_shards"], result
     # One map everywhere: every shard at the coordinator's epoch, each partition owned once.
     assert len(result["epochs"]) == 1 and result["shards"] == 2
     assert result["partitions_owned"] == 32
