@@ -54,6 +54,7 @@ log = logging.getLogger("rtim.coordinator")
 
 COORDINATOR_NAME = "rtim-coordinator"
 STATE_FILE = "coordinator.json"
+RELOCATE_ATTEMPTS = 3  # starts of a shard on the node asked for, before taking where it ran
 
 
 def load_state(data_dir: str) -> dict:
@@ -457,6 +458,7 @@ class ShardCoordinatorImpl:
             node = most_room(nodes, hosted) if nodes else None
             self.shards.append(self._shard(i, node))
             hosted.append(node or "")
+            log.warning("shard %d placed on node %s (of %s)", i, node, sorted(nodes))
         await until_done(
             "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
         )
@@ -518,20 +520,20 @@ class ShardCoordinatorImpl:
             plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
         except ValueError as exc:
             return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
-        self._start(self._relocate_all(plan))
+        self._start(self._relocate_all(plan, frozenset({drain} if drain else ())))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
-    async def _relocate_all(self, plan: list[tuple[int, str]]) -> None:
+    async def _relocate_all(self, plan: list[tuple[int, str]], drain: frozenset[str]) -> None:
         p = self.progress = Progress(True, None, len(plan))
         p.started_at = time.time()
         try:
             for index, node in plan:
                 started = time.monotonic()
                 p.current = {"shard": index, "node": node, "step": "restarting"}
-                await self._relocate(index, node)
+                landed = await self._relocate(index, node, drain)
                 p.moves_done += 1
-                p.history.append({**p.current, "step": "done",
+                p.history.append({**p.current, "step": "done", "landed": landed,
                                   "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
         except Exception as exc:
             p.error = f"{type(exc).__name__}: {exc}"
@@ -539,31 +541,51 @@ class ShardCoordinatorImpl:
         finally:
             p.running, p.current, p.finished_at = False, None, time.time()
 
-    async def _relocate(self, index: int, node: str) -> None:
+    async def _relocate(self, index: int, node: str, avoid: frozenset[str] = frozenset()) -> str:
         """Stop shard ``index`` and start it again on ``node``; bump the map's epoch.
+
+        Returns the node it runs on now. Ray's soft node affinity sometimes
+        starts the actor elsewhere (seen on a loaded machine): it is then
+        stopped and started again, ``RELOCATE_ATTEMPTS`` times at most; it
+        must at least not stay on a node in ``avoid`` (the one being drained).
 
         Crash safety: the data directory is the shard's state, so a
         coordinator that dies anywhere here leaves at worst a stopped shard,
         which the restarted coordinator starts again by name (elsewhere).
         """
+        landed = ""
+        for _attempt in range(RELOCATE_ATTEMPTS):
+            await self._stop_shard(index)
+            self.shards[index] = self._shard(index, node)
+            ping = await until_done(
+                f"shard {index} starting on {node}", self.shards[index].ping.remote
+            )
+            landed = ping["node"]
+            if landed == node or node not in live_nodes():
+                break
+            log.warning("shard %d asked for node %s, runs on %s; again", index, node, landed)
+        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, self.map.shards)
+        self._save_state()
+        await self._adopt_everywhere(self.map.to_dict())
+        if landed in avoid:
+            raise MoveStalled(f"shard {index} keeps starting on node {landed}; retry the drain")
+        return landed
+
+    async def _stop_shard(self, index: int) -> None:
+        """Kill shard ``index`` for good and wait until Ray says so (its name is free then)."""
         old = self.shards[index]
         ray.kill(old, no_restart=True)
         deadline = time.monotonic() + STEP_TIMEOUT_S
-        while True:  # the name is free once the old actor is dead
+        while True:
             try:
                 await asyncio.wait_for(old.ping.remote(), 5.0)
             except ray.exceptions.ActorDiedError:
-                break
+                return
             except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise MoveStalled(f"shard {index} did not stop within {STEP_TIMEOUT_S:.0f}s")
             await asyncio.sleep(0.1)
-        self.shards[index] = self._shard(index, node)
-        await until_done(f"shard {index} starting on {node}", self.shards[index].ping.remote)
-        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, self.map.shards)
-        self._save_state()
-        await self._adopt_everywhere(self.map.to_dict())
 
 
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)

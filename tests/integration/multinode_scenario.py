@@ -117,7 +117,9 @@ def main() -> None:
             workers.append(cluster.add_node(num_cpus=1))
             cluster.wait_for_nodes()
             start_job(c, "POST", "/v1/admin/rebalance", {})
-            result["relocated_to_new_node"] = wait_job(c)["moves_done"]
+            job = wait_job(c)
+            result["relocated_to_new_node"] = job["moves_done"]
+            result["relocations"] = job["last_moves"]
             spread = {s["shard"]: s["node"] for s in shards_on(c)}
             result["nodes_after_rebalance"] = len(set(spread.values()))
             step(f"node added; rebalanced: {result['relocated_to_new_node']} shards moved, "
