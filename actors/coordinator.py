@@ -454,14 +454,19 @@ class ShardCoordinatorImpl:
         """New, empty shards (owning nothing yet), each on the node with the most room."""
         nodes = live_nodes()
         hosted = list((await self._shard_nodes()).values())
+        asked: dict[int, str] = {}
         for i in range(len(self.shards), shards):
             node = most_room(nodes, hosted) if nodes else None
             self.shards.append(self._shard(i, node))
             hosted.append(node or "")
-            log.warning("shard %d placed on node %s (of %s)", i, node, sorted(nodes))
-        await until_done(
+            if node is not None:
+                asked[i] = node
+        pings = await until_done(
             "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
         )
+        for i, node in asked.items():  # soft affinity put it elsewhere: start it again there
+            if pings[i]["node"] != node:
+                await self._relocate(i, node)
 
     async def _retire_shards(self, shards: int) -> None:
         """Shards ``shards..`` own nothing now: stop them and set their directories aside."""
