@@ -24,13 +24,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.identity import IdentityShard, identity_name
-from actors.rebalance import MoveStalled, Progress, moves_for, next_map, until_done
+from actors.rebalance import (
+    STEP_TIMEOUT_S,
+    MoveStalled,
+    Progress,
+    moves_for,
+    next_map,
+    until_done,
+)
 from actors.replies import Failed, ShardUnavailable
 from actors.shard import NAMESPACE, ProfileShard, shard_dir, shard_name
 from models.atomic_file import replace_file
@@ -38,12 +47,14 @@ from models.decisioning.catalog import load_catalog
 from models.errors import RtimError
 from models.learning.registry import ModelRegistry
 from models.partitioning import Move, PartitionMap
+from models.placement import most_room, spread_plan
 from models.settings import Settings
 
 log = logging.getLogger("rtim.coordinator")
 
 COORDINATOR_NAME = "rtim-coordinator"
 STATE_FILE = "coordinator.json"
+RELOCATE_ATTEMPTS = 3  # starts of a shard on the node asked for, before taking where it ran
 
 
 def load_state(data_dir: str) -> dict:
@@ -155,8 +166,15 @@ class ShardCoordinatorImpl:
         replace_file(self.state_path, json.dumps(data).encode())
 
     @staticmethod
-    def _options(name: str) -> dict[str, Any]:
-        """Shard actors: named, detached, restarted without limit, spread over nodes."""
+    def _options(name: str, node: str | None = None) -> dict[str, Any]:
+        """Shard actors: named, detached, restarted without limit, spread over nodes.
+
+        With ``node``: on that node while it lives (soft affinity: a shard
+        whose node is lost restarts on another one, as without it).
+        """
+        strategy: Any = "SPREAD"
+        if node is not None:
+            strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
         return {
             "name": name,
             "namespace": NAMESPACE,
@@ -166,11 +184,11 @@ class ShardCoordinatorImpl:
             "max_task_retries": 0,
             "num_cpus": 0,
             "max_concurrency": 1000,
-            "scheduling_strategy": "SPREAD",
+            "scheduling_strategy": strategy,
         }
 
-    def _shard(self, index: int) -> Any:
-        return ProfileShard.options(**self._options(shard_name(index))).remote(
+    def _shard(self, index: int, node: str | None = None) -> Any:
+        return ProfileShard.options(**self._options(shard_name(index), node)).remote(
             index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
         )
 
@@ -234,12 +252,29 @@ class ShardCoordinatorImpl:
     # -- partition moves and scaling (actors/rebalance.py) --------------------------------
 
     def _resume(self) -> None:
-        """Once per coordinator: finish a half-done move, or bring every shard to the map."""
+        """Once per coordinator: finish a half-done move, or bring every shard to the map.
+
+        Called first by every public method that reads or changes the layout:
+        a restarted coordinator may be asked to start a job before anyone
+        asked for the topology, and the resumed work must then be *the* job
+        (or run before it), never a second job beside it: two jobs finishing
+        moves at once overwrite each other's persisted plan and map, and
+        shards end at an epoch the coordinator never gives out (the
+        multi-node scenario's "events never acknowledged again").
+        """
         if self.resumed is None:
-            job = self._run_job([], None) if self.move else self._sync_shards()
-            self.resumed = asyncio.get_running_loop().create_task(job)
             if self.move:
-                self.job = self.resumed
+                self.resumed = self._start(self._run_job([], None))
+            else:
+                self.resumed = asyncio.get_running_loop().create_task(self._sync_shards())
+
+    def _start(self, job: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Run ``job`` as the one scaling or move job (there is never a second)."""
+        if self._busy():
+            job.close()
+            raise RuntimeError("a scaling or move job is running already")
+        self.job = asyncio.get_running_loop().create_task(job)
+        return self.job
 
     async def _sync_shards(self) -> None:
         """After a crash between persisting a map and pushing it: push it, forget old exports."""
@@ -256,8 +291,9 @@ class ShardCoordinatorImpl:
         return self.job is not None and not self.job.done()
 
     def _refusal(self, shards: int | None = None) -> Failed | None:
+        self._resume()
         if self.move and not self._busy():  # a move that stalled earlier: try it again
-            self.job = asyncio.get_running_loop().create_task(self._run_job([], None))
+            self._start(self._run_job([], None))
         if self._busy() or self.move:
             return Failed(
                 "move_in_progress",
@@ -278,7 +314,7 @@ class ShardCoordinatorImpl:
         if refused:
             return refused
         moves = moves_for(self.map, shards, self.settings.move_partitions)
-        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, shards))
+        self._start(self._run_job(moves, shards))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -299,7 +335,7 @@ class ShardCoordinatorImpl:
         k = self.settings.move_partitions
         moves = [Move(src, to, tuple(ps[i : i + k]))
                  for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
-        self.job = asyncio.get_running_loop().create_task(self._run_job(moves, None))
+        self._start(self._run_job(moves, None))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -315,6 +351,9 @@ class ShardCoordinatorImpl:
         """Run ``moves`` one after another (after a half-done one), then add/retire shards."""
         p = self.progress = Progress(True, shards, len(moves) + bool(self.move))
         p.started_at = time.time()
+        resumed = self.resumed
+        if resumed is not None and resumed is not asyncio.current_task():
+            await asyncio.wait([resumed])  # the start-up sync pushes the map first
         try:
             if self.move:
                 await self._finish_move()
@@ -340,6 +379,9 @@ class ShardCoordinatorImpl:
         except MoveStalled as exc:
             p.error = str(exc)
             log.error("rebalance stalled: %s", exc)
+        except Exception as exc:  # a bug: say so in the progress, never "done" silently
+            p.error = f"{type(exc).__name__}: {exc}"
+            log.exception("rebalance failed")
         finally:
             p.running = False
             p.current = None
@@ -409,12 +451,22 @@ class ShardCoordinatorImpl:
         )
 
     async def _add_shards(self, shards: int) -> None:
-        """New, empty shards (owning nothing yet) on the nodes Ray's SPREAD picks."""
+        """New, empty shards (owning nothing yet), each on the node with the most room."""
+        nodes = live_nodes()
+        hosted = list((await self._shard_nodes()).values())
+        asked: dict[int, str] = {}
         for i in range(len(self.shards), shards):
-            self.shards.append(self._shard(i))
-        await until_done(
+            node = most_room(nodes, hosted) if nodes else None
+            self.shards.append(self._shard(i, node))
+            hosted.append(node or "")
+            if node is not None:
+                asked[i] = node
+        pings = await until_done(
             "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
         )
+        for i, node in asked.items():  # soft affinity put it elsewhere: start it again there
+            if pings[i]["node"] != node:
+                await self._relocate(i, node)
 
     async def _retire_shards(self, shards: int) -> None:
         """Shards ``shards..`` own nothing now: stop them and set their directories aside."""
@@ -429,8 +481,125 @@ class ShardCoordinatorImpl:
                 # Kept, not deleted: everything in it was handed off and acknowledged.
                 old.rename(old.with_name(f"{old.name}.retired-epoch-{self.map.epoch}"))
 
+    # -- shard placement over nodes (models/placement.py) --------------------------------
+
+    async def _shard_nodes(self) -> dict[int, str]:
+        """Where each profile shard runs now (a shard that does not answer: left out)."""
+        pings = await asyncio.gather(
+            *(asyncio.wait_for(s.ping.remote(), STEP_TIMEOUT_S) for s in self.shards),
+            return_exceptions=True,
+        )
+        return {i: p["node"] for i, p in enumerate(pings) if isinstance(p, dict)}
+
+    async def placement(self) -> dict[str, Any]:
+        """The live nodes (id, CPUs, shards on it) and each shard's node."""
+        self._resume()
+        where = await self._shard_nodes()
+        cpus = live_nodes()
+        on = {n: sorted(i for i, w in where.items() if w == n) for n in cpus}
+        return {
+            "nodes": [{"node": n, "cpus": cpus[n], "shards": on[n]} for n in sorted(on)],
+            "shards": [{"shard": i, "node": where.get(i)} for i in range(len(self.shards))],
+        }
+
+    async def rebalance_nodes(self, drain: str | None = None) -> dict[str, Any] | Failed:
+        """Start spreading shards over the live nodes (all off ``drain`` if given).
+
+        A shard moves by restarting it on the other node on the same data
+        directory (the data directory every node shares): no partition
+        changes owner, nothing is copied, and a shard's journal replay is
+        what a node loss costs anyway. The map's epoch then bumps, so every
+        region fetches the new actor handle.
+        """
+        refused = self._refusal()
+        if refused:
+            return refused
+        nodes = live_nodes()
+        if drain is not None and drain not in nodes:
+            return Failed("not_found", f"no live node {drain!r} (see GET /v1/admin/nodes)", "drain")
+        where = await self._shard_nodes()
+        if len(where) < len(self.shards):
+            down = sorted(set(range(len(self.shards))) - set(where))
+            return Failed("unavailable", f"shards {down} are not answering; retry", None)
+        try:
+            plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
+        except ValueError as exc:
+            return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
+        self._start(self._relocate_all(plan, frozenset({drain} if drain else ())))
+        await asyncio.sleep(0)
+        return self.progress.to_dict()
+
+    async def _relocate_all(self, plan: list[tuple[int, str]], drain: frozenset[str]) -> None:
+        p = self.progress = Progress(True, None, len(plan))
+        p.started_at = time.time()
+        try:
+            for index, node in plan:
+                started = time.monotonic()
+                p.current = {"shard": index, "node": node, "step": "restarting"}
+                landed = await self._relocate(index, node, drain)
+                p.moves_done += 1
+                p.history.append({**p.current, "step": "done", "landed": landed,
+                                  "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+        except Exception as exc:
+            p.error = f"{type(exc).__name__}: {exc}"
+            log.exception("shard relocation failed")
+        finally:
+            p.running, p.current, p.finished_at = False, None, time.time()
+
+    async def _relocate(self, index: int, node: str, avoid: frozenset[str] = frozenset()) -> str:
+        """Stop shard ``index`` and start it again on ``node``; bump the map's epoch.
+
+        Returns the node it runs on now. Ray's soft node affinity sometimes
+        starts the actor elsewhere (seen on a loaded machine): it is then
+        stopped and started again, ``RELOCATE_ATTEMPTS`` times at most; it
+        must at least not stay on a node in ``avoid`` (the one being drained).
+
+        Crash safety: the data directory is the shard's state, so a
+        coordinator that dies anywhere here leaves at worst a stopped shard,
+        which the restarted coordinator starts again by name (elsewhere).
+        """
+        landed = ""
+        for _attempt in range(RELOCATE_ATTEMPTS):
+            await self._stop_shard(index)
+            self.shards[index] = self._shard(index, node)
+            ping = await until_done(
+                f"shard {index} starting on {node}", self.shards[index].ping.remote
+            )
+            landed = ping["node"]
+            if landed == node or node not in live_nodes():
+                break
+            log.warning("shard %d asked for node %s, runs on %s; again", index, node, landed)
+        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, self.map.shards)
+        self._save_state()
+        await self._adopt_everywhere(self.map.to_dict())
+        if landed in avoid:
+            raise MoveStalled(f"shard {index} keeps starting on node {landed}; retry the drain")
+        return landed
+
+    async def _stop_shard(self, index: int) -> None:
+        """Kill shard ``index`` for good and wait until Ray says so (its name is free then)."""
+        old = self.shards[index]
+        ray.kill(old, no_restart=True)
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while True:
+            try:
+                await asyncio.wait_for(old.ping.remote(), 5.0)
+            except ray.exceptions.ActorDiedError:
+                return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise MoveStalled(f"shard {index} did not stop within {STEP_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(0.1)
+
 
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)
+
+
+def live_nodes() -> dict[str, float]:
+    """Live Ray nodes: node id → CPUs."""
+    return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0))
+            for n in ray.nodes() if n.get("Alive")}  # fmt: skip
 
 
 def _reason(reply: Any) -> str:

@@ -603,6 +603,7 @@ class ProfileShardImpl:
         if new is not None:
             rec = MapAdopted(new.to_dict())
             self.handoff.adopted(rec)
+            self._topology = {}  # a new epoch may name new peer handles (a shard moved node)
             failed = await self._record(rec)
             if failed:
                 return failed

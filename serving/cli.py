@@ -3,8 +3,9 @@
 ``rtim serve`` starts an embedded local Ray (or joins one with
 ``--address``), the shard actors and the HTTP API, prints the URLs, and
 stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
-(over its admin API) to move partitions live onto N shards and prints the
-progress until it is done.
+(over its admin API) to move partitions live onto N shards, ``rtim rebalance``
+to spread its shards over the cluster's nodes (``--drain NODE_ID``: move every
+shard off that node before it is removed); both print the progress until done.
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
+    """``rtim scale --shards N``: move partitions live onto N shards, with progress."""
+    return _run_job(args, "PUT", "/v1/admin/shards", {"shards": args.shards},
+                    f"moving partitions to {args.shards} shards", "hand-offs")  # fmt: skip
+
+
+def _rebalance(args: argparse.Namespace) -> int:
+    """``rtim rebalance [--drain NODE]``: spread shards over the nodes, or empty one node."""
+    body = {"drain": args.drain} if args.drain else {}
+    what = f"moving every shard off node {args.drain}" if args.drain else "spreading shards"
+    return _run_job(args, "POST", "/v1/admin/rebalance", body, what, "shards moved")
+
+
+def _run_job(
+    args: argparse.Namespace, method: str, path: str, body: dict, what: str, unit: str
+) -> int:
+    """Start an admin job and print its progress until it is done (or ``--no-wait``)."""
     import time
 
     import httpx
@@ -89,20 +106,19 @@ def _scale(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     try:
         with httpx.Client(base_url=url, timeout=30, headers=client_headers(args.api_key)) as client:
-            r = client.put("/v1/admin/shards", json={"shards": args.shards})
+            r = client.request(method, path, json=body)
             if r.status_code != 202:
                 err = r.json().get("error", {}) if r.content else {}
                 print(f"rtim: {r.status_code} {err.get('message', r.text)}", file=sys.stderr)
                 return 2
-            print(f"rtim: moving partitions to {args.shards} shards ({r.json()['moves_total']} "
-                  "hand-offs)", flush=True)  # fmt: skip
+            print(f"rtim: {what} ({r.json()['moves_total']} {unit})", flush=True)
             if args.no_wait:
                 return 0
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline:
                 time.sleep(1.0)
                 p = client.get("/v1/admin/rebalance").json()
-                print(f"  {p['moves_done']}/{p['moves_total']} hand-offs, "
+                print(f"  {p['moves_done']}/{p['moves_total']} {unit}, "
                       f"{p['partitions_moved']} partitions moved", flush=True)  # fmt: skip
                 if not p["running"]:
                     if p["error"]:
@@ -114,7 +130,7 @@ def _scale(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"rtim: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
-    print(f"rtim: still moving after {args.timeout:.0f}s; see {url}/v1/admin/rebalance")
+    print(f"rtim: still running after {args.timeout:.0f}s; see {url}/v1/admin/rebalance")
     return 1
 
 
@@ -142,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
     sc = sub.add_parser("scale", help="move partitions live onto N profile shards")
     sc.add_argument("--shards", type=int, required=True, help="profile shards to end with")
-    sc.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
-    sc.add_argument("--no-wait", action="store_true", help="start the job and return")
-    sc.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
-    add_api_key_argument(sc)
+    _job_arguments(sc)
     sc.set_defaults(func=_scale)
+    rb = sub.add_parser("rebalance", help="spread shards over the cluster's nodes (or drain one)")
+    rb.add_argument("--drain", metavar="NODE_ID", help="move every shard off this node instead")
+    _job_arguments(rb)
+    rb.set_defaults(func=_rebalance)
     from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser
 
     add_import_parser(sub)
@@ -174,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--action", help="only this action (e.g. key.create, profile.erase)")
     a.set_defaults(func=_audit)
     return parser
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
+    add_api_key_argument(p)
 
 
 def _data_dir(args: argparse.Namespace) -> str:

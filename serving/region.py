@@ -316,13 +316,24 @@ class ShardRegion:
         """``method(*args)`` on every profile shard, answers decoded, in shard order."""
 
         async def one(i: int, h: Any) -> Any:
-            return decode(await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s),
-                          f"shard {i}")  # fmt: skip
+            try:
+                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
+            except ActorDiedError:  # moved to another node (rtim rebalance): a new handle
+                await self.refresh(self.epoch)
+                if i >= len(self.shards):  # retired meanwhile
+                    raise
+                h = self.shards[i]
+                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
+            return decode(reply, f"shard {i}")
 
         return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(self.shards))))
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
-        return await ping_each(self.shards, timeout_s)
+        pings = await ping_each(self.shards, timeout_s)
+        if None in pings:  # a shard moved node since our topology? Ask once, then ping again.
+            await self.refresh(self.epoch)
+            pings = await ping_each(self.shards, timeout_s)
+        return pings
 
 
 async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | None]:

@@ -350,6 +350,18 @@ MOVE_JOB = _object(
      "map": _OBJ},
 )  # fmt: skip
 
+NODES = _object(
+    {"nodes": {"type": "array", "items": _object(
+        {"node": _STR, "cpus": _NUM, "shards": {"type": "array", "items": _INT}})},
+     "shards": {"type": "array", "items": _object(
+        {"shard": _INT, "node": _NULLABLE_STR})}},
+)  # fmt: skip
+REBALANCE_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"drain": {"type": "string", "minLength": 1, "maxLength": 128}},
+}
+
 ADAPTIVE_MODEL = _object(
     {"model": _STR, "responses": _INT, "positives": _INT, "success_rate": _NULLABLE_NUM,
      "auc": _NULLABLE_NUM, "maturity": _NUM, "frozen": _BOOL},

@@ -167,6 +167,7 @@ class Traffic:
         self.lost: list[str] = []  # batches never acknowledged
         self.resends = self.decides = 0
         self.decide_failures: list[str] = []
+        self.event_failures: list[str] = []  # the last refusals of event batches
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -194,12 +195,15 @@ class Traffic:
                 event = {"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
                 for _ in range(self.retries):
                     try:
-                        if c.post("/v1/events", json={"events": [event]}).status_code == 200:
+                        r = c.post("/v1/events", json={"events": [event]})
+                        if r.status_code == 200:
                             self.sent[cid] += 1
                             self.acknowledged.append(event)
                             break
-                    except httpx.HTTPError:
-                        pass
+                        failure = f"{cid} {r.status_code} {r.text[:200]}"
+                    except httpx.HTTPError as exc:
+                        failure = f"{cid} {exc!r}"
+                    self.event_failures = [*self.event_failures[-9:], failure]
                     self.resends += 1
                     time.sleep(0.2)
                 else:

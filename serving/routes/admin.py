@@ -211,6 +211,34 @@ async def move_partitions(request: Request) -> Response:
 
 
 @router.get(
+    "/nodes", summary="Live Ray nodes and the shards on each", responses=schema.typed(schema.NODES)
+)
+async def nodes(request: Request) -> Response:
+    ing = await ingress_of(request)
+    return answer(request, await _ask_coordinator(ing, "placement"))
+
+
+@router.post(
+    "/rebalance",
+    summary="Spread shards over the live nodes, or drain one node (202; progress at GET)",
+    status_code=202,
+    responses=schema.typed(schema.MOVE_JOB, "the job started", 202),
+    openapi_extra=schema.body(schema.REBALANCE_REQUEST),
+)
+async def rebalance_nodes(request: Request) -> Response:
+    ing = await ingress_of(request)
+    body = await read_body(request, ing.settings.max_body_bytes)
+    if not isinstance(body, dict) or set(body) - {"drain"}:
+        raise ValidationError('body must be {} or {"drain": "<node id>"}', "drain")
+    drain = body.get("drain")
+    if drain is not None and (not isinstance(drain, str) or not 1 <= len(drain) <= 128):
+        raise ValidationError("drain must be a node id (GET /v1/admin/nodes lists them)", "drain")
+    reply = await _ask_coordinator(ing, "rebalance_nodes", drain)
+    await audit(request, "nodes.rebalance", drain, "refused" if isinstance(reply, Failed) else "ok")
+    return _started(request, reply)
+
+
+@router.get(
     "/rebalance",
     summary="Progress of the running (or last) scaling or move job",
     responses=schema.typed(schema.MOVE_JOB),

@@ -3,9 +3,10 @@
 Runs in its own process (a Ray cluster per process): a head and two worker
 nodes (``ray.cluster_utils.Cluster``), the server on them with a data
 directory every node shares, and a client sending events and decides the
-whole time. Then: add a node, scale 2 → 4 shards, lose a worker node that
-hosts shards (all its processes killed), drain another node (move its
-shards' partitions away) and remove it, scale back to 2. Prints one JSON
+whole time. Then: scale 2 → 4 shards, add a node and rebalance (spread
+shards onto it), lose a worker node that hosts shards (all its processes
+killed), drain another node (its shards restart elsewhere) and remove it,
+scale back to 2. Prints one JSON
 line with what it saw; the test asserts on it.
 
     python tests/integration/multinode_scenario.py <data_dir> <port>
@@ -108,14 +109,21 @@ def main() -> None:
             step("server up with 2 shards")
             traffic.start()
             time.sleep(2)
-            workers.append(cluster.add_node(num_cpus=1))
-            cluster.wait_for_nodes()
-            step("node added")
             start_job(c, "PUT", "/v1/admin/shards", {"shards": 4})
             wait_job(c)
             spread = {s["shard"]: s["node"] for s in shards_on(c)}
             result["nodes_after_scale_out"] = len(set(spread.values()))
             step(f"scaled to 4 shards on {result['nodes_after_scale_out']} nodes")
+            workers.append(cluster.add_node(num_cpus=1))
+            cluster.wait_for_nodes()
+            start_job(c, "POST", "/v1/admin/rebalance", {})
+            job = wait_job(c)
+            result["relocated_to_new_node"] = job["moves_done"]
+            result["relocations"] = job["last_moves"]
+            spread = {s["shard"]: s["node"] for s in shards_on(c)}
+            result["nodes_after_rebalance"] = len(set(spread.values()))
+            step(f"node added; rebalanced: {result['relocated_to_new_node']} shards moved, "
+                 f"on {result['nodes_after_rebalance']} nodes")  # fmt: skip
 
             # Node loss: kill every process of a worker node that hosts shards.
             by_node = {w.node_id: w for w in workers}
@@ -132,22 +140,19 @@ def main() -> None:
                 time.sleep(1)
             step(f"node lost; shards {result['lost_node_shards']} back on other nodes")
 
-            # Drain a node: move its shards' partitions to shards elsewhere, remove it.
+            # Drain a node (every shard restarts elsewhere), then remove it.
             spread = {s["shard"]: s["node"] for s in shards_on(c)}
             by_node = {w.node_id: w for w in workers}
             drained = next((n for n in spread.values() if n in by_node), None)
             if drained is not None:
-                stay = [s for s, n in spread.items() if n != drained]
-                owners = get(c, "/v1/admin/rebalance")["map"]["owners"]
-                leaving = [p for p, s in enumerate(owners) if spread[s] == drained]
-                for k, to in enumerate(stay):
-                    parts = leaving[k :: len(stay)]
-                    if parts:
-                        start_job(c, "POST", "/v1/admin/moves", {"partitions": parts, "to": to})
-                        wait_job(c)
+                start_job(c, "POST", "/v1/admin/rebalance", {"drain": drained})
+                wait_job(c)
+                left = [s for s in shards_on(c) if s["node"] == drained]
+                assert not left, f"shards still on the drained node: {left}"
+                result["drained_shards"] = sorted(s for s, n in spread.items() if n == drained)
                 cluster.remove_node(by_node[drained])
-                result["drained_partitions"] = len(leaving)
-                step(f"drained {len(leaving)} partitions off a node and removed it")
+                workers.remove(by_node[drained])
+                step(f"drained shards {result['drained_shards']} off a node and removed it")
 
             start_job(c, "PUT", "/v1/admin/shards", {"shards": 2})
             wait_job(c)
@@ -172,9 +177,22 @@ def main() -> None:
             result["decides"] = traffic.decides
             result["decide_failures"] = traffic.decide_failures[:5]
             result["decide_fallbacks"] = get(c, "/v1/admin/ingress")["decide_fallbacks"]
+    except BaseException:
+        # What the server looked like when it went wrong (the test prints it).
+        result["event_failures"] = traffic.event_failures
+        try:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                result["shards_at_failure"] = shards_on(c)
+                result["rebalance_at_failure"] = get(c, "/v1/admin/rebalance")
+        except Exception as exc:
+            result["shards_at_failure"] = repr(exc)
+        raise
     finally:
-        traffic.stop()
         result["log"] = log
+        try:
+            traffic.stop(timeout_s=5)
+        except AssertionError:
+            pass
         print(json.dumps(result), flush=True)
         ray.shutdown()
         cluster.shutdown()

@@ -28,7 +28,7 @@ from tests_support import auth_headers
 from models.access import KeyStore
 
 EXAMPLES = 25
-LAYOUT_CHANGES = {"PUT /v1/admin/shards", "POST /v1/admin/moves"}
+LAYOUT_CHANGES = {"PUT /v1/admin/shards", "POST /v1/admin/moves", "POST /v1/admin/rebalance"}
 
 
 def fuzz(op, calls: dict[str, int], headers: dict[str, str]) -> None:

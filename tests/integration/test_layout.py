@@ -135,6 +135,20 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             check_everyone(c, views, 1)
             decisions = c.get(f"/v1/profiles/{next(iter(views))}/decisions")
             assert decisions.status_code == 200 and decisions.json()
+
+            # Shards over nodes: one node here, so nothing to spread and nowhere to drain to.
+            nodes = c.get("/v1/admin/nodes").json()
+            assert len(nodes["nodes"]) == 1 and nodes["nodes"][0]["shards"] == [0], nodes
+            only = nodes["nodes"][0]["node"]
+            r = c.post("/v1/admin/rebalance", json={"drain": "no-such-node"})
+            assert r.status_code == 404 and r.json()["error"]["field"] == "drain", r.text
+            r = c.post("/v1/admin/rebalance", json={"drain": only})
+            assert r.status_code == 400 and "no node left" in r.json()["error"]["message"], r.text
+            r = c.post("/v1/admin/rebalance", json={"nodes": 2})
+            assert r.status_code == 400, r.text
+            spread = rtim("rebalance", "--url", base)
+            assert spread.returncode == 0 and "0 shards moved" in spread.stdout, spread
+            check_everyone(c, views, 1)
     finally:
         stop_cli_server(proc)
     assert list(data.glob("shard-1.retired-epoch-*")) and list(data.glob("shard-2.retired-*"))

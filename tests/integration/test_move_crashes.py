@@ -105,3 +105,44 @@ def test_a_move_interrupted_by_a_kill_ends_with_one_owner_and_every_event_once(
         again = c.post("/v1/events", json={"events": traffic.acknowledged}).json()
         assert again["duplicates"] == len(traffic.acknowledged) and again["applied"] == 0
         check(c, traffic.sent)
+
+
+def test_a_restarted_coordinator_asked_to_move_first_runs_one_job_not_two(base: str) -> None:
+    # The multi-node scenario's lost acknowledgements: a coordinator restarted
+    # (its node was lost) got a move request before any topology request; the
+    # first topology request then resumed "the half-done move" as a second job
+    # beside the running one. The two overwrote each other's plan and map, and
+    # shards ended at an epoch the coordinator never gave out: their customers'
+    # events were refused (stale map) for good.
+    customers = [f"restart-{uuid.uuid4().hex[:6]}" for _ in range(40)]
+    traffic = Traffic(base, customers, retries=60)
+    traffic.start()
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            progress = get_json(c, "/v1/admin/rebalance")
+            owners = progress["map"]["owners"]
+            source = 0 if owners.count(0) >= owners.count(1) else 1
+            parts = [p for p, s in enumerate(owners) if s == source][:8]  # two hand-offs of 4
+            os.kill(progress["coordinator_pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while True:  # the first call the restarted coordinator answers
+                r = c.post("/v1/admin/moves", json={"partitions": parts, "to": 1 - source})
+                if r.status_code == 202:
+                    break
+                assert r.status_code == 503 and time.monotonic() < deadline, r.text
+                time.sleep(0.5)
+            while True:
+                progress = get_json(c, "/v1/admin/rebalance")
+                if not progress["running"]:
+                    break
+                assert time.monotonic() < deadline, "the move did not finish"
+                time.sleep(0.3)
+            assert progress["error"] is None, progress
+            assert progress["moves_done"] == progress["moves_total"] == 2, progress
+            assert all(progress["map"]["owners"][p] == 1 - source for p in parts), progress
+            time.sleep(1.0)
+    finally:
+        traffic.stop()
+    assert not traffic.lost, (traffic.lost[:3], traffic.event_failures[-3:])
+    with httpx.Client(base_url=base, timeout=30) as c:
+        check(c, traffic.sent)
