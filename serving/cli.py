@@ -4,7 +4,8 @@
 ``--address``), the shard actors and the HTTP API, prints the URLs, and
 stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
 (over its admin API) to move partitions live onto N shards and prints the
-progress until it is done.
+progress until it is done. ``rtim evaluate`` scores a candidate policy on
+logged history offline (``serving/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_campaign_parser(sub)
     add_export_parser(sub)
+    from serving.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
 
     k = sub.add_parser("keys", help="create, list and revoke API keys")
     k.add_argument("--config", help="YAML settings file (for data_dir)")
