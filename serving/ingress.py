@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from actors.metrics import IngressMetrics
 from actors.replies import Erased, Expired
 from models.customer.events import Event
 from models.decisioning.catalog import Catalog, load_catalog
@@ -63,7 +64,9 @@ class Ingress:
         self.inflight = 0
         self.fallbacks = 0
         self.fallback_counter: Any = None
+        self.metrics: IngressMetrics | None = None
         if metrics:
+            self.metrics = IngressMetrics()
             from ray.serve import metrics as serve_metrics
 
             # Exported with Ray's metrics (Prometheus) as ray_rtim_decide_fallbacks.
@@ -243,6 +246,8 @@ class Ingress:
         self.fallbacks += 1
         if self.fallback_counter is not None:
             self.fallback_counter.inc()
+        if self.metrics is not None:
+            self.metrics.fallback(req.channels[0], self.catalog)
         offers = self.catalog.fallback_offers(req.channels)[: req.limit]
         return DecisionRecord.fallback_for(
             req.customer_id, list(req.channels), offers, self.catalog.version, time.time()
