@@ -70,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  docs     {runtime.url}/docs")
     print(f"  OpenAPI  {runtime.url}/openapi.json")
     print(f"  health   {runtime.url}/healthz  {runtime.url}/readyz")
+    print(f"  metrics  {server.metrics_url()} (Prometheus, from Ray's metrics agent)")
     if args.detach:
         print("rtim: detached; the app keeps running on the cluster")
         return 0

@@ -8,33 +8,34 @@ import uuid
 from collections import Counter
 
 import httpx
-import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.shard import NAMESPACE, shard_name
 from models.partitioning import PartitionMap
+from serving import server
 
 # Ray's agent exports on an interval; the test waits this long at most for a value.
 SCRAPE_WAIT_S = 60.0
+# The labels we set, and the worker (process) that reported the series.
+OURS = ("channel", "kind", "offer", "outcome", "shard", "le", "WorkerId")
 
 
 def metrics_url() -> str:
     """The metrics endpoint of this (single-node) cluster's Ray agent, on loopback."""
-    node = next(n for n in ray.nodes() if n["Alive"])
-    return f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    port = server.metrics_url().rsplit(":", 1)[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def scrape(url: str) -> dict[tuple, float]:
-    """``(sample name, sorted rtim labels) -> value``, summed over Ray's own labels."""
+    """``(sample name, sorted labels) -> value``, summed over Ray's other labels."""
     text = httpx.get(url, timeout=10).text
     out: dict[tuple, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if not s.name.startswith("ray_rtim_"):
                 continue
-            labels = tuple(sorted((k, v) for k, v in s.labels.items()
-                                  if k in ("channel", "kind", "offer", "outcome", "shard", "le")))  # fmt: skip
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k in OURS))
             key = (s.name, labels)
             out[key] = out.get(key, 0.0) + s.value
     return out
@@ -65,8 +66,8 @@ async def test_decisions_responses_events_commits_and_model_updates_are_exported
     offers: Counter = Counter()
     for i in range(12):
         channel = "web" if i % 2 else "email"
-        r = await client.post("/v1/decide", json={"customer_id": f"met-{run}-{i}",
-                                                  "channel": channel, "deadline_ms": 5000})  # fmt: skip
+        body = {"customer_id": f"met-{run}-{i}", "channel": channel, "deadline_ms": 5000}
+        r = await client.post("/v1/decide", json=body)
         assert r.status_code == 200, r.text
         d = r.json()
         assert not d["fallback"]
@@ -105,28 +106,40 @@ async def test_decisions_responses_events_commits_and_model_updates_are_exported
     assert r.status_code == 200, r.text
 
     def delta(sample: dict, name: str, **labels: str) -> float:
-        return total(sample, name, **labels) - total(before, name, **labels)
+        # Per series, so a worker another test killed meanwhile (its series gone) adds nothing.
+        want = set(labels.items())
+        return sum(v - before.get(k, 0.0) for k, v in sample.items()
+                   if k[0] == name and want <= set(k[1]))  # fmt: skip
 
-    def done(sample: dict) -> bool:
-        return (
-            delta(sample, "ray_rtim_decisions_total", kind="fallback") >= 1
-            and delta(sample, "ray_rtim_model_updates_total") >= 2
-            and delta(sample, "ray_rtim_responses_total") >= 4
-            and sum(delta(sample, "ray_rtim_decisions_total", kind=k)
-                    for k in ("decision", "no_message")) >= 12  # fmt: skip
+    def wanted(sample: dict) -> dict[str, tuple[float, float]]:
+        """What each check found, and what it wants."""
+        checks = {
+            f"{c}/{k}": (delta(sample, "ray_rtim_decisions_total", channel=c, kind=k), n)
+            for (c, k), n in expected.items()
+        }
+        checks["web/fallback"] = (
+            delta(sample, "ray_rtim_decisions_total", channel="web", kind="fallback"),
+            1,
         )
+        for offer, n in offers.items():
+            checks[offer] = (delta(sample, "ray_rtim_offers_chosen_total", offer=offer), n)
+        responses = [("accepted", "credit_card", 2), ("rejected", "savings_account", 1),
+                     ("clicked", "other", 1)]  # fmt: skip
+        for outcome, offer, n in responses:
+            found = delta(sample, "ray_rtim_responses_total", outcome=outcome, offer=offer)
+            checks[f"{outcome}/{offer}"] = (found, n)
+        checks["events"] = (delta(sample, "ray_rtim_events_applied_total"), 5)
+        checks["activations"] = (
+            delta(sample, "ray_rtim_model_updates_total", kind="model_activation"),
+            2,
+        )
+        return checks
 
-    after = await wait_for(url, done)
-    for (channel, kind), n in expected.items():
-        assert delta(after, "ray_rtim_decisions_total", channel=channel, kind=kind) == n
-    assert delta(after, "ray_rtim_decisions_total", channel="web", kind="fallback") == 1
-    for offer, n in offers.items():
-        assert delta(after, "ray_rtim_offers_chosen_total", offer=offer) == n
-    assert delta(after, "ray_rtim_responses_total", outcome="accepted", offer="credit_card") == 2
-    assert delta(after, "ray_rtim_responses_total", outcome="rejected",
-                 offer="savings_account") == 1  # fmt: skip
-    # An offer id no catalogue declares is counted as "other", never as its own label.
-    assert delta(after, "ray_rtim_responses_total", outcome="clicked", offer="other") == 1
+    after = await wait_for(url, lambda s: all(a == b for a, b in wanted(s).values()))
+    assert {k: a for k, (a, _) in wanted(after).items()} == {
+        k: b for k, (_, b) in wanted(after).items()
+    }
+    # An offer id no catalogue declares is counted as "other" (above), never as its own label.
     assert not any(f"nope-{run}" in str(k) for k in after)
     assert delta(after, "ray_rtim_events_applied_total") == 5
     assert delta(after, "ray_rtim_model_updates_total", kind="model_activation") == 2
