@@ -101,10 +101,13 @@ class _Metrics:
 class ShardMetrics:
     """What one profile shard reports."""
 
+    MAX_PENDING = 4096  # commit times kept between flushes; more are dropped (a sample)
+
     def __init__(self, shard: int) -> None:
         self.m = _Metrics.get()
         self.shard = {"shard": str(shard)}
         self._labels = Labels(None)
+        self._commits: list[float] = []
 
     def labels(self, catalog: Catalog) -> Labels:
         if self._labels.catalog is not catalog:
@@ -139,13 +142,20 @@ class ShardMetrics:
             self.m.responses.inc(n, {"outcome": outcome_label(outcome), "offer": lab.offer(offer)})
 
     def committed(self, seconds: float) -> None:
-        self.m.commit.observe(seconds, self.shard)
+        """Note a journal commit's latency; :meth:`flush` reports it off the commit path
+        (a histogram observation costs ~10 µs, a list append ~50 ns)."""
+        if len(self._commits) < self.MAX_PENDING:
+            self._commits.append(seconds)
+
+    def flush(self, profiles: int) -> None:
+        """Report what is kept between ticks: commit latencies and the profile count."""
+        commits, self._commits = self._commits, []
+        for seconds in commits:
+            self.m.commit.observe(seconds, self.shard)
+        self.m.profiles.set(profiles, self.shard)
 
     def model_update(self, kind: str) -> None:
         self.m.model_updates.inc(1, {**self.shard, "kind": kind})
-
-    def profiles(self, n: int) -> None:
-        self.m.profiles.set(n, self.shard)
 
 
 class IngressMetrics:

@@ -205,7 +205,7 @@ class ProfileShardImpl:
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
                 merged_at = time.time()
                 await self._merge_learning()
-            self.metrics.profiles(len(self.profiles.store))
+            self.metrics.flush(len(self.profiles.store))
             await self.expire_outcomes()
             self.durable.tick()
             self.profiles.prune(time.time())
