@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
     except (RtimError, ValueError, OSError) as exc:
         print(f"rtim evaluate: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
         return 2
-    if args.format == "json":
-        print(json.dumps(result, indent=1))
-    else:
-        print(render_table(result))
+    text = json.dumps(result, indent=1) if args.format == "json" else render_table(result)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `rtim evaluate ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
