@@ -24,6 +24,10 @@ from models.decisioning.catalog import Catalog
 from models.decisioning.record import DecisionRecord
 
 OTHER = "other"
+# Every metric this module defines (Prometheus adds the ``ray_`` prefix).
+METRIC_NAMES = ("rtim_decisions_total", "rtim_offers_chosen_total", "rtim_responses_total",
+                "rtim_events_applied_total", "rtim_journal_commit_seconds",
+                "rtim_model_updates_total", "rtim_profiles")  # fmt: skip
 OUTCOMES = frozenset({"accepted", "rejected", "clicked", "ignored"})
 # Seconds; group commits are ~0.1 ms without fsync and a few ms with it.
 COMMIT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
