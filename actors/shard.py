@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from actors.handover import (
     ProfileMovedOut,
 )
 from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
+from actors.metrics import ShardMetrics
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
@@ -132,6 +134,8 @@ class ProfileShardImpl:
                 FallbacksCounted: self.reports.fallbacks,
             },
         )
+        self.metrics = ShardMetrics(index)
+        self.durable.journal.observe = self.metrics.committed
         self.started_at = time.time()
         self.slow_s = 0.0  # test hook: artificial delay in decide and events
         self.timer: asyncio.Task | None = None
@@ -211,6 +215,7 @@ class ProfileShardImpl:
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
                 merged_at = time.time()
                 await self._merge_learning()
+            self.metrics.flush(len(self.profiles.store))
             await self.expire_outcomes()
             self.durable.tick()
             self.profiles.prune(time.time())
@@ -235,6 +240,7 @@ class ProfileShardImpl:
             return
         self.learning.merge_peers(list(exports))
         self.learning.models.merged_at = time.time()
+        self.metrics.model_update("learning_merge")
 
     async def _topo(self) -> dict[str, Any]:
         """Peer and identity shard handles, from the coordinator (the one directory)."""
@@ -393,7 +399,9 @@ class ProfileShardImpl:
             gone = {i for i, _ in forward} | set(erased)
             batch = [ev for i, ev in enumerate(batch) if i not in gone]
             packed = None
-        applied, dups = self.profiles.apply(batch, now, self.engine.attribute)
+        responses: dict[tuple[str, str | None], int] = {}
+        applied, dups = self.profiles.apply(batch, now, self._attribute_counted(responses))
+        self.metrics.applied(applied, responses, self.engine.catalog)
         if applied:
             self.durable.append(EventsApplied(now, packed or [list(ev) for ev in batch]))
         # Pure duplicates commit too: that waits for any in-flight group holding
@@ -402,6 +410,19 @@ class ProfileShardImpl:
         if failed:
             return failed
         return {"applied": applied, "duplicates": dups, "moved": forward, "erased": erased}
+
+    def _attribute_counted(self, responses: dict) -> Callable[[Event], Event]:
+        """The engine's attribution, tallying live responses by (outcome, offer) for metrics."""
+        attribute = self.engine.attribute
+
+        def counted(ev: Event) -> Event:
+            ev = attribute(ev)
+            if ev.type == "response":
+                key = (ev.attributes.get("outcome"), ev.offer_id)
+                responses[key] = responses.get(key, 0) + 1
+            return ev
+
+        return counted
 
     async def get_profile(self, customer_id: str, epoch: int) -> dict | Moved | Refused | None:
         refused = self._refuse(epoch, customer_id)
@@ -482,6 +503,7 @@ class ProfileShardImpl:
         for i, record in zip(live, records):
             answers[i] = record
         if records:
+            self.metrics.decided(records, self.engine.catalog)
             for cid in {r.customer_id for r in records if r.impressions}:
                 self.profiles.store.put(profiles[cid])
             self.durable.append(DecisionsMade(now, [to_builtins(r) for r in records]))
@@ -675,6 +697,8 @@ class ProfileShardImpl:
         except RtimError as exc:
             return Failed.of(exc)
         failed = await self._record(CatalogActivated(data))
+        if failed is None:
+            self.metrics.model_update("catalog_activation")
         return failed or {"shard": self.index, "catalog_version": catalog.version}
 
     async def set_model(self, version: str) -> dict[str, Any] | ShardUnavailable | Failed:
@@ -686,6 +710,8 @@ class ProfileShardImpl:
         except RtimError as exc:
             return Failed.of(exc)
         failed = await self._record(ModelActivated(active))
+        if failed is None:
+            self.metrics.model_update("model_activation")
         return failed or {"shard": self.index, "model_version": active}
 
     # -- adaptive models --------------------------------------------------------------------

@@ -61,6 +61,8 @@ class Settings:
     identity_cache_ttl_s: float = 300.0
     auth: bool = True  # API keys required (see docs/security.md); off only on loopback
     client_timeout_s: int = 30  # HAProxy closes a client idle this long mid-request
+    # Prometheus scrapes Ray's metrics agent here (embedded Ray; 0 = Ray picks a port).
+    metrics_export_port: int = 0
     # Adaptive models: each shard pulls the others' evidence this often (README, Learning).
     learning_merge_interval_s: float = 2.0
     # Report counters: hourly buckets kept per shard (docs/reports.md, Retention).
@@ -92,6 +94,8 @@ class Settings:
             raise SettingsError("setting ingress_mode must be 'haproxy' or 'proxy'")
         if not 0 < self.port < 65536:
             raise SettingsError("setting port must be 1..65535")
+        if not 0 <= self.metrics_export_port < 65536:
+            raise SettingsError("setting metrics_export_port must be 0..65535")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

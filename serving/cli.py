@@ -6,6 +6,8 @@ stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
 (over its admin API) to move partitions live onto N shards, ``rtim rebalance``
 to spread its shards over the cluster's nodes (``--drain NODE_ID``: move every
 shard off that node before it is removed); both print the progress until done.
+``rtim evaluate`` scores a candidate policy on logged history offline
+(``serving/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  docs     {runtime.url}/docs")
     print(f"  OpenAPI  {runtime.url}/openapi.json")
     print(f"  health   {runtime.url}/healthz  {runtime.url}/readyz")
+    print(f"  metrics  {server.metrics_url()} (Prometheus, from Ray's metrics agent)")
     if args.detach:
         print("rtim: detached; the app keeps running on the cluster")
         return 0
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_campaign_parser(sub)
     add_export_parser(sub)
+    from serving.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
 
     k = sub.add_parser("keys", help="create, list and revoke API keys")
     k.add_argument("--config", help="YAML settings file (for data_dir)")

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
+from actors.metrics import IngressMetrics
 from actors.replies import Erased, Expired
 from models.customer.events import Event
 from models.decisioning.catalog import Catalog, load_catalog
@@ -74,7 +75,9 @@ class Ingress:
         self.shed = 0  # decides not sent to a shard: no time left or its queue too long
         self.rejected = 0  # decides answered 503 (the caller asked for no fallback)
         self.fallback_counter: Any = None
+        self.metrics: IngressMetrics | None = None
         if metrics:
+            self.metrics = IngressMetrics()
             from ray.serve import metrics as serve_metrics
 
             # Exported with Ray's metrics (Prometheus) as ray_rtim_decide_fallbacks.
@@ -276,6 +279,8 @@ class Ingress:
         self.fallbacks += 1
         if self.fallback_counter is not None:
             self.fallback_counter.inc()
+        if self.metrics is not None:
+            self.metrics.fallback(req.channels[0], self.catalog)
         offers = self.catalog.fallback_offers(req.channels)[: req.limit]
         now = time.time()
         self.fallback_tally.add(req.channels, offers, now)

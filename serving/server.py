@@ -211,6 +211,8 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
             # A new Ray of our own, even when another one on this machine wrote
             # the "current cluster" file (ray start, ray.cluster_utils): never join it.
             kwargs["address"] = "local"
+            if settings.metrics_export_port:
+                kwargs["_metrics_export_port"] = settings.metrics_export_port
             owns_ray = True
         # An embedded Ray's processes inherit the environment at start-up; put
         # ours back afterwards so programs this process starts later (another
@@ -242,6 +244,13 @@ def start(settings: Settings, address: str | None = None, num_cpus: int | None =
     url = f"http://{settings.host}:{settings.port}"
     log.info("server up in %.1fs with %d shards", time.monotonic() - started, len(pings))
     return Runtime(settings, url, len(pings), owns_ray, scratch)
+
+
+def metrics_url() -> str:
+    """Where this node's Ray metrics agent serves Prometheus text (``ray_rtim_*`` and Ray's own)."""
+    node = ray.get_runtime_context().get_node_id()
+    info = next((n for n in ray.nodes() if n["NodeID"] == node), None) or ray.nodes()[0]
+    return f"http://{info['NodeManagerAddress']}:{info['MetricsExportPort']}/metrics"
 
 
 def scale(
