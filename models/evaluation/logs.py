@@ -23,6 +23,7 @@ raises :class:`LogError` naming the file, row and field at fault.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -45,7 +46,8 @@ class LogError(ValidationError):
 
 
 def iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any], float]]:
-    """``(row number from 1, row, fraction of the file read)`` for a JSONL or parquet file."""
+    """``(row number from 1, row, fraction of the file read)`` for a JSONL (``.gz`` too)
+    or parquet file."""
     p = Path(path)
     if not p.is_file():
         raise LogError(f"{p}: no such file")
@@ -53,7 +55,9 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any
         yield from _parquet_rows(p)
         return
     size = max(p.stat().st_size, 1)
-    with p.open("rb") as f:
+    raw = p.open("rb")
+    f = gzip.GzipFile(fileobj=raw) if p.suffix == ".gz" else raw
+    with raw, f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -63,7 +67,7 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any
                 raise LogError(f"{p}: row {number} is not JSON ({exc})", f"row {number}") from None
             if not isinstance(row, dict):
                 raise LogError(f"{p}: row {number} is not a JSON object", f"row {number}")
-            yield number, row, f.tell() / size
+            yield number, row, raw.tell() / size
 
 
 def _parquet_rows(p: Path) -> Iterator[tuple[int, dict[str, Any], float]]:

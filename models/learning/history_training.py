@@ -23,7 +23,6 @@ matrix is kept.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,51 +36,24 @@ from models.customer.profile import Profile
 from models.decisioning.arbitration import request_context
 from models.decisioning.catalog import Catalog
 from models.decisioning.request import DecideRequest
+from models.evaluation.logs import LogError, iter_rows
 from models.learning.features import FeatureBuilder
 from models.learning.simulator import TrainingSet
 
 # Fields of a history row that parquet may hold as JSON text.
 _NESTED = ("channels", "candidates", "chosen", "context", "outcomes")
 
-
-class HistoryError(ValueError):
-    """The file is not an interaction-history export this reader understands."""
+# A file that is not a readable history (models/evaluation/logs.py reads both).
+HistoryError = LogError
 
 
 def read_history(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream the rows of a history export (JSONL, gzipped JSONL or Parquet)."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
-        return
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        raise HistoryError(f"{path}:{n}: not a JSON object ({exc})") from None
-    except OSError as exc:
-        raise HistoryError(f"cannot read {path}: {exc}") from None
-
-
-def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - the bulk extra brings it
-        raise HistoryError("reading Parquet needs pyarrow (pip install 'rtim[bulk]')") from None
-    try:
-        reader = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises its own types for bad files
-        raise HistoryError(f"cannot read {path}: {exc}") from None
-    for batch in reader.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            for key in _NESTED:
-                if isinstance(row.get(key), str):
-                    row[key] = json.loads(row[key])
-            yield row
+    for _, row, _ in iter_rows(path):
+        for key in _NESTED:
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+        yield row
 
 
 @dataclass

@@ -100,7 +100,7 @@ def test_train_from_history_writes_a_version_that_serves_and_ranks_the_young_hig
 def test_a_file_that_is_not_a_history_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(HistoryError, match=r"bad\.jsonl:1"):
+    with pytest.raises(HistoryError, match=r"bad\.jsonl: row 1"):
         list(read_history(bad))
     with pytest.raises(SystemExit, match="needs --catalog"):
         train_main(["--history", str(bad), "--out", str(tmp_path / "r"), "--version", "x"])
