@@ -10,6 +10,7 @@ component:
 - :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
 - :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
 - :class:`~actors.learning.Learning`: adaptive models, learning from responses.
+- :class:`~actors.history.InteractionHistory`: every decision and outcome, on disk.
 
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
@@ -40,6 +41,7 @@ from actors.handoff import (
     PartitionsHandedOff,
     PartitionsTakenOver,
 )
+from actors.history import InteractionHistory
 from actors.handover import (
     HandedOver,
     Handover,
@@ -95,7 +97,13 @@ class ProfileShardImpl:
         tombstone_s = 2 * self.settings.identity_cache_ttl_s + 60
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
         self.learning = Learning(self.settings.decision_log_size)
-        self.engine = DecisionEngine(self.settings, catalog, model_version, self.learning)
+        s = self.settings
+        self.history = (
+            InteractionHistory(shard_dir(s.data_dir, index) / "history", s.history_file_bytes,
+                               s.history_file_s, s.history_retention_days * 86400.0)
+            if s.history else None
+        )  # fmt: skip
+        self.engine = DecisionEngine(s, catalog, model_version, self.learning, self.history)
         self.handover = Handover(self.settings.session_gap_s)
         self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
@@ -130,10 +138,17 @@ class ProfileShardImpl:
         self.timer: asyncio.Task | None = None
         self._topology: dict[str, Any] = {}
         self.durable.recover()
+        self._history_recovered()
+
+    def _history_recovered(self) -> None:
+        if self.history is not None and self.durable.recovered:
+            self.history.recovered()
 
     # -- what DurableState needs --------------------------------------------------------
 
     def reset_state(self) -> None:
+        if self.history is not None:
+            self.history.begin_recovery(0.0)
         self.profiles.reset()
         self.engine.reset()
         self.handover.reset()
@@ -141,6 +156,8 @@ class ProfileShardImpl:
         self.learning.reset_state()
 
     def load_snapshot(self, state: dict) -> None:
+        if self.history is not None:
+            self.history.begin_recovery(float(state.get("taken_at") or 0.0))
         self.profiles.load_snapshot(state)
         self.engine.load_snapshot(state)
         self.handover.load_snapshot(state)
@@ -148,6 +165,8 @@ class ProfileShardImpl:
         self.learning.load_snapshot(state, self.engine.log)
 
     def snapshot_state(self) -> dict:
+        if self.history is not None:
+            self.history.sync()  # the journal compacts behind this snapshot
         return {
             "v": 1,
             "shard": self.index,
@@ -185,14 +204,20 @@ class ProfileShardImpl:
             self.timer = asyncio.get_running_loop().create_task(self._timer_loop())
 
     async def _timer_loop(self) -> None:
-        merged_at = 0.0
+        merged_at = pruned_at = 0.0
         while True:
             await asyncio.sleep(1.0)
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
                 merged_at = time.time()
                 await self._merge_learning()
             await self.expire_outcomes()
+            recovered = self.durable.recovered
             self.durable.tick()
+            if not recovered:
+                self._history_recovered()
+            if self.history is not None and time.time() - pruned_at >= 60.0:
+                pruned_at = time.time()
+                self.history.prune(pruned_at)
             self.profiles.prune(time.time())
             if self.durable.degraded is None and self.durable.recovered:
                 for absorbed in list(self.handover.pending):
@@ -293,6 +318,8 @@ class ProfileShardImpl:
             "recovery": {"profiles": len(self.profiles.store), **self.durable.recovery},
             "decisions": self.engine.decisions,
             "decision_log": len(self.engine.log),
+            "history_rows": self.history.rows if self.history is not None else 0,
+            "history_dropped": self.history.dropped if self.history is not None else 0,
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -372,6 +399,7 @@ class ProfileShardImpl:
         applied, dups = self.profiles.apply(batch, now, self.engine.attribute)
         if applied:
             self.durable.append(EventsApplied(now, packed or [list(ev) for ev in batch]))
+            self.engine.flush_history()
         # Pure duplicates commit too: that waits for any in-flight group holding
         # the originals, so nothing is acknowledged before it is durable.
         failed = await self._record()
@@ -459,10 +487,25 @@ class ProfileShardImpl:
             for cid in {r.customer_id for r in records if r.impressions}:
                 self.profiles.store.put(profiles[cid])
             self.durable.append(DecisionsMade(now, [to_builtins(r) for r in records]))
+            self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
             failed = await self._record()
             if failed:
                 return failed
         return answers
+
+    async def record_fallbacks(self, records: list[DecisionRecord]) -> int:
+        """Fallback answers an ingress gave for customers of this shard (history rows)."""
+        self.engine.note_fallbacks(records)
+        return len(records)
+
+    async def history_page(
+        self, kind: str, since: float, until: float, cursor: list | None, limit: int
+    ) -> dict[str, Any]:
+        """One page of this shard's interaction history (``InteractionHistory.page``)."""
+        if self.history is None:
+            return {"rows": [], "next": None}
+        rows, nxt = await asyncio.to_thread(self.history.page, kind, since, until, cursor, limit)
+        return {"rows": rows, "next": nxt}
 
     async def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         return self.engine.entry(decision_id)
@@ -525,9 +568,14 @@ class ProfileShardImpl:
         """
         rec = MovesForgotten(customer_id)
         absorbed = [a for a in self.handover.forget(rec) if a != customer_id]
+        now = time.time()
+        if self.history is not None and self.history.erase(customer_id):
+            # Rows left here by a partition that moved away: the journal may still
+            # hold their decisions, so journal the erasure for recovery to honour.
+            self.durable.note_erasure()
+            await self._record(ProfileErased(customer_id, now))
         if not absorbed:
             return 0
-        now = time.time()
         erased = [ProfileErased(a, now) for a in absorbed]
         for e in erased:
             self._erase(e)

@@ -26,7 +26,7 @@ from serving.errors import (
     handle_unexpected,
 )
 from serving.ingress import Ingress
-from serving.routes import adaptive, admin, channel, operations, profiles, segments
+from serving.routes import adaptive, admin, channel, history, operations, profiles, segments
 
 DESCRIPTION = (
     "Real-time next-best-action decisions from live customer profiles held in "
@@ -77,7 +77,7 @@ def create_app(ingress: Ingress) -> FastAPI:
     app.add_exception_handler(Exception, handle_unexpected)
     app.add_middleware(InflightBound, ingress=ingress)
     for router in (operations.router, channel.router, profiles.router, admin.router,
-                   adaptive.router, segments.router):  # fmt: skip
+                   adaptive.router, segments.router, history.router):  # fmt: skip
         app.include_router(router)
     generate = app.openapi
 
