@@ -122,9 +122,12 @@ class DecisionEngine:
         scorers = {}
         for version in self.catalog.experiments.model_versions:
             try:
-                scorers[version] = self.arm_scorers.get(version) or scorer_for_version(
-                    self.settings.model_registry, version, self.catalog.group_of
-                )[0]
+                scorers[version] = (
+                    self.arm_scorers.get(version)
+                    or scorer_for_version(
+                        self.settings.model_registry, version, self.catalog.group_of
+                    )[0]
+                )
             except RtimError as exc:
                 log.error("experiment arm model %r failed to load: %s", version, exc.message)
         self.arm_scorers = scorers

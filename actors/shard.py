@@ -41,7 +41,6 @@ from actors.handoff import (
     PartitionsHandedOff,
     PartitionsTakenOver,
 )
-from actors.history import InteractionHistory
 from actors.handover import (
     HandedOver,
     Handover,
@@ -51,6 +50,7 @@ from actors.handover import (
     ProfileMergedIn,
     ProfileMovedOut,
 )
+from actors.history import InteractionHistory
 from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events

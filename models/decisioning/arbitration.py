@@ -98,9 +98,9 @@ def decide(
     scorers: Mapping[str, PropensityScorer] | None = None,
 ) -> DecisionRecord:
     """Decide for one customer (see the module docstring for the cascade)."""
-    return decide_many(
-        [(profile, request)], catalog, scorer, now, session_gap_s, learner, scorers
-    )[0]
+    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s, learner, scorers)[
+        0
+    ]
 
 
 def decide_many(

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from models.decisioning.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from models.decisioning.policies import ContactPolicy, parse_contact_policy
 from models.decisioning.rules import (
     STAGES,
@@ -36,7 +37,6 @@ from models.decisioning.rules import (
     fail,
     parse_selector,
 )
-from models.decisioning.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from models.errors import CatalogError
 from models.learning.adaptive import LearningConfig, load_learning
 

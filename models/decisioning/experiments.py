@@ -361,7 +361,8 @@ def _experiment(spec: Any, field: str, channels: dict, previous: Experiments) ->
     field = f"experiments[{name}]"
     for key in spec:
         if key not in _EXPERIMENT_KEYS:
-            raise fail(f"{field}.{key}", f"unknown key {key!r}; expected {sorted(_EXPERIMENT_KEYS)}")
+            expected = sorted(_EXPERIMENT_KEYS)
+            raise fail(f"{field}.{key}", f"unknown key {key!r}; expected {expected}")
     if name == CONTROL:
         raise fail(f"{field}.name", f"{CONTROL!r} is the default control group's name")
     salt = _salt(spec, field, name)
@@ -403,7 +404,7 @@ def _experiment(spec: Any, field: str, channels: dict, previous: Experiments) ->
 
 def _control_group(spec: Any, channels: dict, previous: Experiments) -> Experiment:
     field = "control_group"
-    if isinstance(spec, bool) or isinstance(spec, (int, float)):
+    if isinstance(spec, (bool, int, float)):
         spec = {"share": spec}
     if not isinstance(spec, dict):
         raise fail(field, "must be a mapping like {share: 0.02}")

@@ -208,6 +208,17 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
 
     def history_row(self, context: dict | None) -> dict[str, Any]:
         """The interaction-history row, without outcomes (they are rows of their own)."""
+        candidates = [
+            {"offer_id": c["offer_id"], "channel": c["channel"], "treatment": c["treatment"],
+             "propensity": c["propensity"], "priority": c["priority"],
+             "value": c.get("value"), "cost": c.get("cost")}
+            for c in self.candidates
+        ]  # fmt: skip
+        chosen = [
+            {"offer_id": o.offer_id, "channel": o.channel, "treatment": o.treatment,
+             "probability": o.probability, "propensity": o.propensity, "value": o.value}
+            for o in self.offers
+        ]  # fmt: skip
         return {
             "decision_id": self.decision_id,
             "customer_id": self.customer_id,
@@ -219,18 +230,9 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             "arm": self.arm,
             "policy": self.policy,
             "fallback": self.fallback,
-            "candidates": [
-                {"offer_id": c["offer_id"], "channel": c["channel"], "treatment": c["treatment"],
-                 "propensity": c["propensity"], "priority": c["priority"],
-                 "value": c.get("value"), "cost": c.get("cost")}
-                for c in self.candidates
-            ],  # fmt: skip
-            "chosen": [
-                {"offer_id": o.offer_id, "channel": o.channel, "treatment": o.treatment,
-                 "probability": o.probability, "propensity": o.propensity, "value": o.value}
-                for o in self.offers
-            ],  # fmt: skip
-            "probability": self.probability if not self.offers else 1.0,
+            "candidates": candidates,
+            "chosen": chosen,
+            "probability": self.probability,  # of no message; meaningful when chosen is []
             "context": context,
         }
 
