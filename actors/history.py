@@ -42,6 +42,9 @@ log = logging.getLogger("rtim.history")
 PREFIX, SUFFIX = "history-", ".jsonl"
 RECOVERY_MARGIN_S = 60.0  # files written this long before a snapshot are checked for duplicates
 MAX_PAGE = 10_000
+# A row can reach a file later than its decision (a fallback held while its shard
+# was down, a row derived at recovery): time-filtered reads allow this much.
+LATE_ROW_S = 3600.0
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -95,10 +98,12 @@ class InteractionHistory:
         value = record.value_of(offer_id) if positive else 0.0
         row = outcome_row(record.decision_id, record.customer_id, offer_id, outcome, ts,
                           positive, value)  # fmt: skip
-        if self.recovering_since is not None and (
-            (record.decision_id, outcome, ts) in self._known_sets()[1]
-        ):
-            return  # replayed from the journal, and already on disk
+        if self.recovering_since is not None:
+            known = self._known_sets()[1]
+            key = (record.decision_id, outcome, ts)
+            if key in known:
+                return  # replayed from the journal, and already on disk
+            known.add(key)
         self._buf.append(_encode(row))
 
     def begin_recovery(self, snapshot_taken_at: float) -> None:
@@ -108,7 +113,9 @@ class InteractionHistory:
 
     def add_recovered(self, record: DecisionRecord) -> None:
         """A decision replayed from the journal: written unless the files have it."""
-        if record.decision_id not in self._known_sets()[0]:
+        known = self._known_sets()[0]
+        if record.decision_id not in known:
+            known.add(record.decision_id)
             self._buf.append(_encode(record.history_row(None)))
 
     def recovered(self) -> None:
@@ -239,9 +246,9 @@ class InteractionHistory:
         limit = max(1, min(limit, MAX_PAGE))
         files = self.files()
         start = 0
-        # A file can only hold rows from its start to the next file's start.
+        # A file holds rows from about its start to the next file's start.
         for i in range(len(files) - 1):
-            if self.started(files[i + 1]) < since:
+            if self.started(files[i + 1]) < since - LATE_ROW_S:
                 start = i + 1
         offset = 0
         if cursor:
@@ -253,7 +260,7 @@ class InteractionHistory:
         want_outcomes = kind == "outcome"
         for i in range(start, len(files)):
             path = files[i]
-            if self.started(path) >= until:
+            if self.started(path) - LATE_ROW_S >= until:
                 break
             try:
                 fh = path.open("rb")
