@@ -218,3 +218,17 @@ def test_model_arm_scores_with_its_own_model_version() -> None:
     b = decide(person(other), req(other), cat, Scorer(0.1), NOW, scorers={"v2": v2})
     assert a.model_version == "v2" and a.offers[0].propensity == pytest.approx(0.9)
     assert b.model_version == "fixed" and b.offers[0].propensity == pytest.approx(0.1)
+
+
+def test_frozen_arm_decides_with_the_base_propensity_and_records_nothing_to_learn() -> None:
+    from models.learning.adaptive import AdaptiveModels
+
+    cat = catalog([("frz", "frozen", 0.5), ("full", "full", 0.5)],
+                  learning={"offers": "all", "predictors": ["attr.age"]})  # fmt: skip
+    learner = AdaptiveModels(seed=3)
+    frozen, full = first_in(cat, "frz"), first_in(cat, "full")
+    a = decide(person(frozen), req(frozen), cat, Scorer(0.2), NOW, learner=learner)
+    b = decide(person(full), req(full), cat, Scorer(0.2), NOW, learner=learner)
+    assert a.policy == "frozen" and a.predictors is None
+    assert a.offers[0].propensity == pytest.approx(0.2) and a.offers[0].probability == 1.0
+    assert b.predictors  # the full arm's Thompson draw is learned from
