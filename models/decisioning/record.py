@@ -173,31 +173,31 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             out["trace"] = self.trace
         return out
 
-    def log_entry(self) -> dict[str, Any]:
-        """The decision-log entry (``GET /v1/decisions/{id}``)."""
-        out: dict[str, Any] = {
+    def _header(self) -> dict[str, Any]:
+        """What every projection but the answer starts with."""
+        return {
             "decision_id": self.decision_id,
             "customer_id": self.customer_id,
             "ts": self.ts,
             "channels": list(self.channels),
             "catalog_version": self.catalog_version,
             "model_version": self.model_version,
-            "candidates": self.candidates,
-            "chosen": [
-                {
-                    "offer_id": o.offer_id,
-                    "channel": o.channel,
-                    "treatment": o.treatment,
-                    "probability": o.probability,
-                }
-                for o in self.offers
-            ],
-            "impressions": self.impressions,
             "fallback": self.fallback,
             "experiment": self.experiment,
             "arm": self.arm,
             "policy": self.policy,
         }
+
+    def log_entry(self) -> dict[str, Any]:
+        """The decision-log entry (``GET /v1/decisions/{id}``)."""
+        out = self._header()
+        out["candidates"] = self.candidates
+        out["chosen"] = [
+            {"offer_id": o.offer_id, "channel": o.channel, "treatment": o.treatment,
+             "probability": o.probability}
+            for o in self.offers
+        ]  # fmt: skip
+        out["impressions"] = self.impressions
         if not self.offers:
             out["probability"] = self.probability
         if self.predictors:
@@ -220,16 +220,7 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             for o in self.offers
         ]  # fmt: skip
         return {
-            "decision_id": self.decision_id,
-            "customer_id": self.customer_id,
-            "ts": self.ts,
-            "channels": list(self.channels),
-            "catalog_version": self.catalog_version,
-            "model_version": self.model_version,
-            "experiment": self.experiment,
-            "arm": self.arm,
-            "policy": self.policy,
-            "fallback": self.fallback,
+            **self._header(),
             "candidates": candidates,
             "chosen": chosen,
             "probability": self.probability,  # of no message; meaningful when chosen is []

@@ -264,26 +264,35 @@ def _export_history(args: argparse.Namespace) -> int:
     try:
         now = time.time()
         options = HistoryExportOptions(
-            url=args.url,
-            api_key=args.api_key,
             out=Path(args.out or f"history.{args.format}"),
             since=instant(args.since, now),
             until=instant(args.until, now),
             fmt=args.format,
-            page_size=args.batch_size,
-            retry_for_s=args.retry_for,
-            quiet=args.quiet,
+            **_export_client(args),
         )
     except ValueError as exc:
         print(f"rtim export history: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code, summary = run_history_export(options)
+    return _report(args, code, summary, "rtim export history", "rows", "decisions")
+
+
+def _export_client(args: argparse.Namespace) -> dict:
+    """The options every export takes from the shared client arguments."""
+    return {"url": args.url, "api_key": args.api_key, "page_size": args.batch_size,
+            "retry_for_s": args.retry_for, "quiet": args.quiet}  # fmt: skip
+
+
+def _report(
+    args: argparse.Namespace, code: int, summary: dict, job: str, key: str, what: str
+) -> int:
+    """An export's summary line (or JSON with ``--json``); the exit code."""
     if args.json:
         print(json.dumps({"exit_code": code, **summary}))
     elif code == 0:
         print(
-            f"rtim export history: {summary['rows']:,} decisions -> {summary['out']} in "
-            f"{summary['seconds']} s ({summary['rows_per_s']:,.0f} rows/s)"
+            f"{job}: {summary[key]:,} {what} -> {summary['out']} in "
+            f"{summary['seconds']} s ({summary[key + '_per_s']:,.0f} {what}/s)"
         )
     return code
 
@@ -293,27 +302,13 @@ def _export_profiles(args: argparse.Namespace) -> int:
 
     try:
         options = ExportOptions(
-            url=args.url,
-            api_key=args.api_key,
-            out=Path(args.out),
-            fmt=args.format,
-            segment=args.segment,
-            page_size=args.batch_size,
-            retry_for_s=args.retry_for,
-            quiet=args.quiet,
+            out=Path(args.out), fmt=args.format, segment=args.segment, **_export_client(args)
         )
     except ValueError as exc:
         print(f"rtim export: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code, summary = run_export(options)
-    if args.json:
-        print(json.dumps({"exit_code": code, **summary}))
-    elif code == 0:
-        print(
-            f"rtim export: {summary['profiles']:,} profiles -> {summary['out']} in "
-            f"{summary['seconds']} s ({summary['profiles_per_s']:,.0f} profiles/s)"
-        )
-    return code
+    return _report(args, code, summary, "rtim export", "profiles", "profiles")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
