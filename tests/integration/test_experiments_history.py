@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import time
 import uuid
@@ -177,6 +178,11 @@ async def test_history_export_joins_outcomes_to_decisions_in_jsonl_and_parquet(
                                 "value": d["offers"][0]["value"]}]  # fmt: skip
     assert all(by_id[v["decision_id"]]["outcomes"] == [] for c, v in decided.items()
                if c != holder)  # fmt: skip
+    log = io.StringIO()  # the progress line: rows, rows/s, percent, ETA
+    options = HistoryExportOptions(server, tmp_path / "p.jsonl", since, time.time() + 1)
+    code, summary = await asyncio.to_thread(run_history_export, options, log)
+    assert code == EXIT_OK and summary["rows"] >= len(decided)
+    assert "rows/s" in log.getvalue() and "ETA" in log.getvalue()
     table = await export(server, tmp_path / "history.parquet", since, "parquet")
     prow = next(r for r in table if r["decision_id"] == d["decision_id"])
     assert prow["outcomes"][0]["outcome"] == "accepted" and prow["arm"] == "nba"
@@ -260,3 +266,14 @@ async def test_erasure_removes_the_customer_from_every_history_file(
             if needle in data:
                 left.append(p)
     assert not left
+
+
+def test_export_times_read_seconds_iso_and_durations_ago() -> None:
+    from serving.bulk.commands import instant
+
+    assert instant("now", 1000.0) == 1000.0
+    assert instant("1764000000", 0.0) == 1764000000.0
+    assert instant("24h", 100_000.0) == 100_000.0 - 86400
+    assert instant("2026-11-25T00:00:00Z", 0.0) == 1795564800.0
+    with pytest.raises(ValueError):
+        instant("yesterday-ish", 0.0)
