@@ -241,8 +241,9 @@ class InteractionHistory:
         ``since <= ts < until``, from ``cursor`` (``[file name, byte offset]``) on.
 
         Returns the rows and the cursor of the next page (None at the end).
+        It only reads files (it may run in a thread); rows still buffered are
+        not seen: :meth:`flush` first.
         """
-        self.flush()
         limit = max(1, min(limit, MAX_PAGE))
         files = self.files()
         start = 0

@@ -504,6 +504,7 @@ class ProfileShardImpl:
         """One page of this shard's interaction history (``InteractionHistory.page``)."""
         if self.history is None:
             return {"rows": [], "next": None}
+        self.history.flush()  # here, not in the thread: appends run on this loop
         rows, nxt = await asyncio.to_thread(self.history.page, kind, since, until, cursor, limit)
         return {"rows": rows, "next": nxt}
 
