@@ -33,6 +33,7 @@ from actors.identity import IdentityShard, identity_name
 from actors.rebalance import MoveStalled, Progress, moves_for, next_map, until_done
 from actors.replies import Failed, ShardUnavailable
 from actors.shard import NAMESPACE, ProfileShard, shard_dir, shard_name
+from models.atomic_file import replace_file
 from models.decisioning.catalog import load_catalog
 from models.errors import RtimError
 from models.learning.registry import ModelRegistry
@@ -144,8 +145,6 @@ class ShardCoordinatorImpl:
         return load_state(self.settings.data_dir)
 
     def _save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
         data = {
             "catalog": self.catalog,
             "model_version": self.model_version,
@@ -153,11 +152,7 @@ class ShardCoordinatorImpl:
             "identity_shards": self.identity_count,
             "move": self.move,
         }
-        with open(tmp, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
+        replace_file(self.state_path, json.dumps(data).encode())
 
     @staticmethod
     def _options(name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.durable import JournalRecord, journal_record
-from actors.history import InteractionHistory, request_context
+from actors.history import InteractionHistory, row_context
 from actors.learning import Learning
 from models.customer.events import Event
 from models.customer.profile import Profile
@@ -166,13 +166,14 @@ class DecisionEngine:
         history = self.history
         contexts = None
         if history is not None and self.settings.history_context:
-            contexts = [request_context(p, r) for p, r in items]  # before impressions
+            contexts = [row_context(p, r) for p, r in items]  # before impressions
         records = decide_many(
             items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner,
             self.arm_scorers,
         )  # fmt: skip
         on_decide = self.catalog.arbitration.impressions == "on_decide"
-        for (profile, _), record in zip(items, records):
+        for (profile, req), record in zip(items, records):
+            record.request_key = req.idempotency_key
             record.impressions = on_decide and bool(record.offers)
             self._log(record, profile, now)
         if history is not None:
@@ -239,6 +240,35 @@ class DecisionEngine:
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)
         return ev
+
+    def decided_before(self, req: DecideRequest) -> DecisionRecord | None:
+        """The logged decision for this request's customer and idempotency key, if any."""
+        if req.idempotency_key is None:
+            return None
+        return self.log.keyed(req.customer_id, req.idempotency_key)
+
+    def decisions_of(self, customer_id: str) -> list[dict]:
+        """Journal forms of a customer's logged decisions (handed over with a merge)."""
+        return [to_builtins(r) for r in self.log.records() if r.customer_id == customer_id]
+
+    def release(self, customer_id: str) -> None:
+        """A merged-away customer's decisions left with the profile."""
+        self.learning.latest.pop(customer_id, None)
+        self.log.erase(customer_id)
+
+    def adopt(self, decisions: list[dict], survivor: str) -> None:
+        """Log an absorbed customer's decisions under the survivor (idempotent).
+
+        A response to one of them, sent later under either id, is attributed
+        here and teaches the models with the predictors the decision saw.
+        """
+        for data in decisions:
+            record = from_builtins(data)
+            if self.log.get(record.decision_id) is not None:
+                continue  # delivered twice (a retried hand-over)
+            record.customer_id = survivor
+            self.log.add(record)
+            self.learning.note(record)
 
     def erase(self, customer_id: str) -> int:
         self.learning.latest.pop(customer_id, None)  # learned counts name no customer

@@ -10,8 +10,10 @@ absorbed profile's shard's journal record :class:`ProfileMovedOut`:
    calls for the absorbed id are answered :class:`~actors.replies.Moved`. A
    second hand-over to *another* survivor is refused with ``Moved`` (the
    caller re-plans: it lost the race); one to the same survivor resumes.
-2. **Deliver**: the bytes are pushed to the survivor's shard, which merges
-   them idempotently (:class:`ProfileMergedIn`); then :class:`MoveDelivered`.
+2. **Deliver**: the bytes (and the absorbed customer's logged decisions, so
+   later responses to them still teach the models) are pushed to the
+   survivor's shard, which merges them idempotently
+   (:class:`ProfileMergedIn`); then :class:`MoveDelivered`.
 3. **Repoint**: every identity shard moves the absorbed profile's
    identifiers to the survivor (idempotent); then :class:`IdentifiersRepointed`.
 
@@ -44,6 +46,9 @@ class ProfileMovedOut(JournalRecord):
     absorbed: str
     survivor: str
     blob: bytes | None  # None: there was no profile to hand over, only a tombstone
+    # The absorbed customer's logged decisions (journal forms): they go with the
+    # profile, so responses to them reach the survivor's shard and its models.
+    decisions: list | None = None
 
 
 @journal_record("moved_ack")
@@ -59,6 +64,7 @@ class ProfileMergedIn(JournalRecord):
     absorbed: str
     blob: bytes
     now: float
+    decisions: list | None = None  # as in ProfileMovedOut, re-keyed to the survivor
 
 
 @journal_record("repointed")
@@ -86,8 +92,8 @@ class HandedOver:
         return self.delivered and self.repointed
 
 
-# (survivor, absorbed, blob) -> the survivor shard's answer: True, Moved or a refusal
-Deliver = Callable[[str, str, bytes], Awaitable[Any]]
+# (survivor, absorbed, blob, decisions) -> the survivor shard's answer: True, Moved or a refusal
+Deliver = Callable[[str, str, bytes, list | None], Awaitable[Any]]
 # (absorbed, survivor) -> True once every identity shard repointed
 Repoint = Callable[[str, str], Awaitable[bool]]
 
@@ -98,7 +104,8 @@ class Handover:
     def __init__(self, session_gap_s: float) -> None:
         self.session_gap_s = session_gap_s
         self.moved: dict[str, str] = {}  # merged-away profile -> the profile it went to
-        self.pending: dict[str, list] = {}  # absorbed -> [survivor, blob] not yet delivered
+        # absorbed -> [survivor, blob, decisions] not yet delivered
+        self.pending: dict[str, list] = {}
         self.unrepointed: dict[str, str] = {}  # absorbed -> survivor, identifiers not yet moved
 
     def reset(self) -> None:
@@ -133,7 +140,7 @@ class Handover:
         self.moved[rec.absorbed] = rec.survivor
         self.unrepointed[rec.absorbed] = rec.survivor
         if rec.blob:
-            self.pending[rec.absorbed] = [rec.survivor, rec.blob]
+            self.pending[rec.absorbed] = [rec.survivor, rec.blob, rec.decisions]
 
     def delivered(self, rec: MoveDelivered) -> None:
         self.pending.pop(rec.absorbed, None)
@@ -163,10 +170,11 @@ class Handover:
         pending = self.pending.get(absorbed)
         if pending is None:
             return True
-        survivor, blob = pending
+        survivor, blob = pending[0], pending[1]
+        decisions = pending[2] if len(pending) > 2 else None  # snapshots before decisions
         for _ in range(MAX_CHAIN):
             try:
-                result = await send(survivor, absorbed, blob)
+                result = await send(survivor, absorbed, blob, decisions)
             except Exception as exc:  # the survivor's shard is restarting
                 log.warning("delivery of %s to %s failed (%s)", absorbed, survivor, exc)
                 return False

@@ -49,7 +49,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-def request_context(profile: Profile, req: DecideRequest) -> dict[str, Any]:
+def row_context(profile: Profile, req: DecideRequest) -> dict[str, Any]:
     """The ``context`` of a history row: the profile before the decision, and the request."""
     return {
         "profile": base64.b64encode(profile.pack()).decode(),

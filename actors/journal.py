@@ -34,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from models.atomic_file import fsync_dir, replace_file
 from models.errors import Unavailable
 
 log = logging.getLogger("rtim.journal")
@@ -74,14 +75,6 @@ def read_records(path: Path) -> tuple[list[Any], int]:
             len(out),
         )
     return out, pos
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -173,7 +166,7 @@ class Journal:
         self.segment = n
         self._fd = os.open(self.seg_path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self.fsync != "off":
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -274,13 +267,7 @@ class Journal:
         Blocking: run it in a thread. Returns the snapshot's size in bytes.
         """
         data = msgpack.packb(state, use_bin_type=True)
-        tmp = self.dir / f".snapshot-{upto:08d}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.snap_path(upto))
-        _fsync_dir(self.dir)
+        replace_file(self.snap_path(upto), data)
         for n in self.segments():
             if n <= upto:
                 self.seg_path(n).unlink(missing_ok=True)

@@ -117,10 +117,10 @@ class ProfileShardImpl:
                 ProfileErased: self._erase,
                 CatalogActivated: lambda r: self.engine.activate_catalog(r.catalog),
                 ModelActivated: lambda r: self.engine.activate_model(r.version, strict=False),
-                ProfileMovedOut: lambda r: self.handover.move_out(self.profiles.store, r),
+                ProfileMovedOut: self._moved_out,
                 MoveDelivered: self.handover.delivered,
                 IdentifiersRepointed: self.handover.repointed,
-                ProfileMergedIn: lambda r: self.handover.merge_in(self.profiles.store, r),
+                ProfileMergedIn: self._merged_in,
                 MovesForgotten: self.handover.forget,
                 MapAdopted: self.handoff.adopted,
                 PartitionsHandedOff: self.handoff.handed_off,
@@ -181,6 +181,16 @@ class ProfileShardImpl:
     def _replay_decisions(self, rec: DecisionsMade) -> None:
         for p in self.engine.replay(rec, self.profiles.get_or_new):
             self.profiles.store.put(p)
+
+    def _moved_out(self, rec: ProfileMovedOut) -> None:
+        self.handover.move_out(self.profiles.store, rec)
+        if rec.decisions:
+            self.engine.release(rec.absorbed)
+
+    def _merged_in(self, rec: ProfileMergedIn) -> None:
+        self.handover.merge_in(self.profiles.store, rec)
+        if rec.decisions:
+            self.engine.adopt(rec.decisions, rec.survivor)
 
     def _erase(self, rec: ProfileErased) -> bool:
         deleted = self.profiles.erase(rec)
@@ -268,14 +278,16 @@ class ProfileShardImpl:
         except Unavailable:
             return False
 
-    async def _send_merge(self, survivor: str, absorbed: str, blob: bytes) -> Any:
+    async def _send_merge(
+        self, survivor: str, absorbed: str, blob: bytes, decisions: list | None
+    ) -> Any:
         index = self.ownership.owner_of(survivor)
         epoch = self.ownership.epoch
         if index == self.index:
-            return await self.merge_in(survivor, absorbed, blob, epoch)
+            return await self.merge_in(survivor, absorbed, blob, epoch, decisions)
         peer = await self._peer(index)
         return await asyncio.wait_for(
-            peer.merge_in.remote(survivor, absorbed, blob, epoch), STEP_TIMEOUT_S
+            peer.merge_in.remote(survivor, absorbed, blob, epoch, decisions), STEP_TIMEOUT_S
         )
 
     async def _deliver(self, absorbed: str) -> bool:
@@ -469,6 +481,8 @@ class ProfileShardImpl:
                 answers.append(moved)
             elif req.via_cache and self._recently_erased(cid):
                 answers.append(Erased(cid))
+            elif (before := self.engine.decided_before(req)) is not None:
+                answers.append(before)  # a repeat of a keyed request: nothing new is recorded
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
             else:
@@ -537,8 +551,10 @@ class ProfileShardImpl:
         if state is not None and state.to != survivor:
             return Moved(state.to)
         if state is None:
-            rec = ProfileMovedOut(absorbed, survivor, self.profiles.store.blob(absorbed))
-            self.handover.move_out(self.profiles.store, rec)
+            blob = self.profiles.store.blob(absorbed)
+            decisions = self.engine.decisions_of(absorbed) if blob else None
+            rec = ProfileMovedOut(absorbed, survivor, blob, decisions or None)
+            self._moved_out(rec)
             failed = await self._record(rec)
             if failed:
                 return failed
@@ -547,7 +563,12 @@ class ProfileShardImpl:
         return HandedOver(survivor, delivered, repointed)
 
     async def merge_in(
-        self, survivor: str, absorbed: str, blob: bytes, epoch: int
+        self,
+        survivor: str,
+        absorbed: str,
+        blob: bytes,
+        epoch: int,
+        decisions: list | None = None,
     ) -> bool | Moved | Refused:
         """Fold an absorbed profile into ``survivor`` (idempotent); True when durable."""
         refused = self._refuse(epoch, survivor)
@@ -556,8 +577,8 @@ class ProfileShardImpl:
         moved = self.handover.moved_to(survivor)
         if moved is not None:
             return moved
-        rec = ProfileMergedIn(survivor, absorbed, blob, time.time())
-        self.handover.merge_in(self.profiles.store, rec)
+        rec = ProfileMergedIn(survivor, absorbed, blob, time.time(), decisions)
+        self._merged_in(rec)
         failed = await self._record(rec)
         return failed or True
 

@@ -18,12 +18,12 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.atomic_file import replace_file
 from models.errors import ValidationError
 
 SCOPES = ("decide", "events:write", "profiles:read", "profiles:erase", "reports:read", "admin")
@@ -154,15 +154,4 @@ class KeyStore:
         return replace(live[0], revoked=now)
 
     def _save(self, table: KeyTable) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(table.to_dict(), fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(self.path, json.dumps(table.to_dict(), indent=1).encode(), mode=0o600)

@@ -155,9 +155,9 @@ def _statuses(path: str, op: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
-def typed(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    """``responses`` for a route whose 200 answer has ``schema``."""
-    return {200: {"description": description, "content": {_JSON: {"schema": schema}}}}
+def typed(schema: dict[str, Any], description: str = "OK", status: int = 200) -> dict[str, Any]:
+    """``responses`` for a route whose ``status`` (200) answer has ``schema``."""
+    return {status: {"description": description, "content": {_JSON: {"schema": schema}}}}
 
 
 def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
@@ -180,28 +180,35 @@ def document_errors(openapi: dict[str, Any]) -> dict[str, Any]:
     return openapi
 
 
+# Limits the validators in models/ enforce (events.py, request.py, identity/config.py);
+# the batch sizes and `limit` are the default settings.
+ID = {"type": "string", "minLength": 1, "maxLength": 256}
+MAX_BATCH = 1000
+MAX_DECIDE_LIMIT = 20
+
 IDENTIFIERS = {
     "type": "object",
     "description": "typed identifiers, e.g. {cookie, device, email_sha256, account}; "
     "resolved (and linked) to one profile instead of or beside customer_id",
-    "additionalProperties": {"type": "string"},
+    "additionalProperties": ID,
 }
 
 EVENT = {
     "type": "object",
     "required": ["event_id", "type"],
+    "description": "fields not listed here are ignored",
     "properties": {
-        "event_id": {"type": "string", "description": "unique id; retries are deduplicated"},
-        "customer_id": {"type": "string"},
+        "event_id": {**ID, "description": "unique id; retries are deduplicated"},
+        "customer_id": ID,
         "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
         "ts": {
             "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
             "description": "ISO-8601 or epoch seconds; default now",
         },
-        "channel": {"type": "string"},
-        "attributes": {"type": "object"},
-        "offer_id": {"type": "string"},
-        "decision_id": {"type": "string"},
+        "channel": ID,
+        "attributes": {"type": "object", "maxProperties": 64},
+        "offer_id": ID,
+        "decision_id": ID,
         "identifiers": IDENTIFIERS,
     },
 }
@@ -209,29 +216,62 @@ EVENT = {
 EVENTS_BODY = {
     "type": "object",
     "required": ["events"],
-    "properties": {"events": {"type": "array", "items": EVENT}},
+    "properties": {
+        "events": {"type": "array", "items": EVENT, "minItems": 1, "maxItems": MAX_BATCH}
+    },
+}
+
+# The fields one decide request may carry (the batch's customer_ids form shares them).
+_DECIDE_FIELDS = {
+    "identifiers": IDENTIFIERS,
+    "channel": ID,
+    "channels": {"type": "array", "items": ID, "minItems": 1, "maxItems": 16},
+    "placement": {"type": "string", "minLength": 1, "maxLength": 128},
+    "context": {"type": "object"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_DECIDE_LIMIT, "default": 1},
+    "explain": {"type": "boolean", "default": False},
+    "deadline_ms": {"type": "number", "exclusiveMinimum": 0},
+    "idempotency_key": {
+        **ID,
+        "description": "decide once per customer and key: a repeat gets the logged decision "
+        "again, and counts no impression (e.g. a campaign id)",
+    },
 }
 
 DECIDE_BODY = {
     "type": "object",
-    "properties": {
-        "customer_id": {"type": "string"},
-        "identifiers": IDENTIFIERS,
-        "channel": {"type": "string"},
-        "channels": {"type": "array", "items": {"type": "string"}},
-        "placement": {"type": "string"},
-        "context": {"type": "object"},
-        "limit": {"type": "integer", "minimum": 1, "default": 1},
-        "explain": {"type": "boolean", "default": False},
-        "deadline_ms": {"type": "number"},
-    },
+    "description": "customer_id or identifiers, and channel or channels",
+    "additionalProperties": False,
+    "properties": {"customer_id": ID, **_DECIDE_FIELDS},
 }
 
 DECIDE_BATCH_BODY = {
     "type": "object",
-    "required": ["requests"],
-    "properties": {"requests": {"type": "array", "items": DECIDE_BODY}},
-}
+    "description": "either requests (one body each), or customer_ids with the fields they share",
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["requests"],
+            "additionalProperties": False,
+            "properties": {
+                "requests": {
+                    "type": "array", "items": DECIDE_BODY, "minItems": 1, "maxItems": MAX_BATCH,
+                }
+            },
+        },
+        {
+            "type": "object",
+            "required": ["customer_ids"],
+            "additionalProperties": False,
+            "properties": {
+                "customer_ids": {
+                    "type": "array", "items": ID, "minItems": 1, "maxItems": MAX_BATCH,
+                },
+                **_DECIDE_FIELDS,
+            },
+        },
+    ],
+}  # fmt: skip
 
 
 def body(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
@@ -253,3 +293,117 @@ def body(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
             "503": {"description": "overloaded or a shard is down; see Retry-After"},
         },
     }
+
+
+# -- answers of the read and admin routes -------------------------------------------
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An answer object: these keys always present (more may follow in later versions)."""
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+_STR = {"type": "string"}
+_NUM = {"type": "number"}
+_INT = {"type": "integer", "minimum": 0}
+_BOOL = {"type": "boolean"}
+_OBJ = {"type": "object"}
+_STRS = {"type": "array", "items": _STR}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+# One entry per shard: the shard's answer, or {"shard", "error"} when it failed.
+_PER_SHARD = {"type": "array", "items": _OBJ}
+
+STATUS = _object({"status": _STR})
+READY = _object(
+    {"status": _STR, "shards": _INT, "down": {"type": "array", "items": {"type": "integer"}},
+     "degraded": _OBJ, "identity_down": {"type": "array", "items": {"type": "integer"}},
+     "identity_degraded": _OBJ, "epoch": _INT},
+)  # fmt: skip
+NOOP = _object({"ok": _BOOL})
+
+PROFILE = _object(
+    {
+        "customer_id": _STR,
+        "attributes": {"type": "object", "description": "typed profile attributes"},
+        "consents": {"type": "object", "additionalProperties": _BOOL},
+        "holdings": _STRS,
+        "counters": {
+            "type": "object",
+            "description": "event type -> window (1h, 24h, 7d, 30d) -> count",
+            "additionalProperties": {"type": "object", "additionalProperties": _INT},
+        },
+        "last": {"type": "object", "additionalProperties": _NUM,
+                 "description": "event type or offer key -> last time (epoch s)"},
+        "first_seen": _NULLABLE_NUM,
+        "last_seen": _NULLABLE_NUM,
+        "session": {"type": ["object", "null"]},
+        "abandoned_cart": {"type": ["object", "null"]},
+        "history": {"type": "array", "items": _OBJ, "description": "contact history"},
+        "identifiers": {"type": "object", "additionalProperties": _STRS},
+    }
+)  # fmt: skip
+
+LOGGED_CANDIDATE = _object(
+    {"offer_id": _STR, "channel": _STR, "treatment": _STR},
+    {"propensity": _NULLABLE_NUM, "priority": _NULLABLE_NUM},
+)
+DECISION_ENTRY = _object(
+    {
+        "decision_id": _STR, "customer_id": _STR, "ts": _NUM, "channels": _STRS,
+        "catalog_version": _STR, "model_version": _NULLABLE_STR,
+        "candidates": {"type": "array", "items": LOGGED_CANDIDATE},
+        "chosen": {"type": "array", "items": _object(
+            {"offer_id": _STR, "channel": _STR, "treatment": _STR, "probability": _NUM})},
+        "impressions": _BOOL,
+    },
+    {
+        "probability": {**_NUM, "description": "with which no message was chosen"},
+        "predictors": _OBJ,
+        "outcomes": {"type": "array", "items": _object(
+            {"offer_id": _NULLABLE_STR, "outcome": _STR, "ts": _NUM})},
+    },
+)  # fmt: skip
+DECISION_ENTRIES = _object({"decisions": {"type": "array", "items": DECISION_ENTRY}})
+ERASED = _object({"deleted": _STR, "identifiers": _STRS})
+
+CATALOG = _object(
+    {"version": _STR, "channels": _OBJ, "offers": {"type": "array", "items": _OBJ}},
+    {"description": _STR, "policies": _OBJ, "contact_policies": {"type": "array"},
+     "arbitration": _OBJ, "learning": {"type": ["object", "null"]}},
+)  # fmt: skip
+CATALOG_CHANGED = _object({"failed": _PER_SHARD}, {"catalog_version": _STR, "shards": _PER_SHARD})
+MODELS = _object({"active": _NULLABLE_STR, "available": _STRS, "shards": _PER_SHARD})
+MODEL_CHANGED = _object({"model_version": _STR, "shards": _PER_SHARD, "failed": _PER_SHARD})
+SNAPSHOTS = _object({"shards": _PER_SHARD})
+AUDIT = _object(
+    {"entries": {"type": "array", "items": _object(
+        {"ts": _NUM, "who": _STR, "action": _STR, "target": _NULLABLE_STR, "result": _STR})}}
+)  # fmt: skip
+INGRESS_COUNTERS = _object({"decide_fallbacks": _INT, "inflight": _INT, "catalog_version": _STR})
+SHARDS = _object({"epoch": _INT, "shards": _PER_SHARD})
+MOVE_JOB = _object(
+    {"running": _BOOL, "moves_total": _INT, "moves_done": _INT, "partitions_moved": _INT,
+     "error": _NULLABLE_STR},
+    {"target_shards": {"type": ["integer", "null"]}, "current": {"type": ["object", "null"]},
+     "started_at": _NULLABLE_NUM, "finished_at": _NULLABLE_NUM, "last_moves": {"type": "array"},
+     "map": _OBJ},
+)  # fmt: skip
+
+ADAPTIVE_MODEL = _object(
+    {"model": _STR, "responses": _INT, "positives": _INT, "success_rate": _NULLABLE_NUM,
+     "auc": _NULLABLE_NUM, "maturity": _NUM, "frozen": _BOOL},
+    {"top_predictors": {"type": "array"}},
+)  # fmt: skip
+ADAPTIVE_MODELS = _object(
+    {"catalog_version": _STR, "models": {"type": "array", "items": ADAPTIVE_MODEL},
+     "responses": {"type": "object", "additionalProperties": _INT}},
+)  # fmt: skip
+ADAPTIVE_EXPORT = _object({"model": _STR, "evidence": {"type": ["object", "null"]}})
+ADAPTIVE_RESET = _object({"model": _NULLABLE_STR, "shards": _PER_SHARD})
+ADAPTIVE_FROZEN = _object({"model": _STR, "frozen": _BOOL, "shards": _PER_SHARD})
+SEGMENT_PAGE = _object({"shard": _INT, "shards": _INT})

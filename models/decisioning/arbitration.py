@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -183,9 +183,11 @@ def _decide_group(
     return out
 
 
-def _screen(
-    profile: Profile, req: DecideRequest, catalog: Catalog, now: float, gap_s: float
-) -> _Screen:
+def request_context(req: DecideRequest, now: float, gap_s: float) -> dict[str, Any]:
+    """The context facts (``context.*``) of a request, as rules and models read them.
+
+    Training from the interaction history rebuilds it the same way.
+    """
     t = time.gmtime(now)
     base = dict(req.context)
     base.setdefault("device", None)
@@ -195,6 +197,13 @@ def _screen(
     base["channels"] = req.channels
     base["placement"] = req.placement
     base["_session_gap_s"] = gap_s
+    return base
+
+
+def _screen(
+    profile: Profile, req: DecideRequest, catalog: Catalog, now: float, gap_s: float
+) -> _Screen:
+    base = request_context(req, now, gap_s)
     ledger = ContactLedger(catalog.contact_policies, profile, now, catalog.offer_info)
     s = _Screen(profile, req, base, ledger)
     survivors, to_score, removed = s.survivors, s.to_score, s.removed

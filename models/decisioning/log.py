@@ -21,14 +21,26 @@ class DecisionLog:
             raise ValueError("decision log capacity must be >= 1")
         self.capacity = capacity
         self._records: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self._keyed: dict[tuple[str, str], str] = {}  # (customer, idempotency key) -> id
 
     def __len__(self) -> int:
         return len(self._records)
 
     def add(self, record: DecisionRecord) -> None:
         self._records[record.decision_id] = record
+        if record.request_key is not None:
+            self._keyed[(record.customer_id, record.request_key)] = record.decision_id
         while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
+            self._forget(self._records.popitem(last=False)[1])
+
+    def _forget(self, record: DecisionRecord) -> None:
+        if record.request_key is not None:
+            self._keyed.pop((record.customer_id, record.request_key), None)
+
+    def keyed(self, customer_id: str, key: str) -> DecisionRecord | None:
+        """The decision already made for this customer and idempotency key, if logged."""
+        decision_id = self._keyed.get((customer_id, key))
+        return None if decision_id is None else self._records.get(decision_id)
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         return self._records.get(decision_id)
@@ -55,7 +67,7 @@ class DecisionLog:
         """Forget every decision of a customer (right to erasure)."""
         doomed = [k for k, r in self._records.items() if r.customer_id == customer_id]
         for k in doomed:
-            del self._records[k]
+            self._forget(self._records.pop(k))
         return len(doomed)
 
     def records(self) -> list[DecisionRecord]:

@@ -98,6 +98,8 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
     experiment: str | None = None
     arm: str | None = None
     policy: str = "full"
+    # The request's idempotency key: the same customer and key get this decision again.
+    request_key: str | None = None
 
     @staticmethod
     def new_id() -> str:

@@ -16,7 +16,7 @@ from models.errors import ValidationError
 
 REQUEST_FIELDS = frozenset(
     {"customer_id", "channel", "channels", "placement", "context", "limit", "explain",
-     "deadline_ms"}
+     "deadline_ms", "idempotency_key"}
 )  # fmt: skip
 RESERVED_CONTEXT = frozenset({"channel", "channels", "placement"})
 MAX_CHANNELS = 16
@@ -36,6 +36,9 @@ class DecideRequest:
     # The customer id came from an ingress replica's cached identifier lookup:
     # a shard that erased that profile since answers Erased instead of deciding.
     via_cache: bool = False
+    # Decide once per (customer, key): a repeat answers the logged decision again
+    # (a campaign re-run after a crash counts no impression twice).
+    idempotency_key: str | None = None
 
 
 # -- request parsing ------------------------------------------------------------------
@@ -125,7 +128,17 @@ def _parse_request(
             raise ValidationError("deadline_ms must be a positive number", f"{prefix}deadline_ms")
         deadline = float(deadline)
     context = _parse_context(body.get("context"), f"{prefix}context")
-    return DecideRequest(customer_id, channels, placement, context, limit, explain, deadline)  # type: ignore[arg-type]
+    key = require_id(body, "idempotency_key", f"{prefix}idempotency_key", required=False)
+    return DecideRequest(
+        customer_id,  # type: ignore[arg-type]
+        channels,
+        placement,
+        context,
+        limit,
+        explain,
+        deadline,
+        idempotency_key=key,
+    )
 
 
 def _parse_channels(body: dict, catalog: Catalog | None, prefix: str) -> tuple[str, ...]:

@@ -11,6 +11,12 @@ or trains on a file written by :mod:`models.learning.simulator`::
 
     python -m models.learning.train --data var/train.jsonl --out models/demo/registry --version v2
 
+or on what the server logged (``rtim export history``; rows built by
+:mod:`models.learning.history_training` through the serving code path)::
+
+    python -m models.learning.train --history var/history.jsonl --catalog catalog.yaml \
+        --features-from models/demo/registry/v1 --out var/registry --version v2
+
 Steps: split the rows by customer (a stable hash, so no customer is in both
 parts), fit a scikit-learn classifier, score the holdout (AUC, log loss,
 expected calibration error and, for simulated data, agreement with the known
@@ -43,8 +49,16 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from models.decisioning.catalog import load_catalog
+from models.errors import RtimError
 from models.learning.features import FeatureBuilder
-from models.learning.registry import ModelRegistry, write_model_version
+from models.learning.history_training import (
+    HistoryCounts,
+    HistoryError,
+    read_history,
+    training_rows,
+)
+from models.learning.registry import ModelRegistry, read_manifest, write_model_version
 from models.learning.scoring import OnnxScorer, PropensityScorer
 from models.learning.simulator import (
     CHANNELS,
@@ -319,6 +333,21 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _history_training_set(path: str, catalog: str | None, features_from: str) -> TrainingSet:
+    if not catalog:
+        raise SystemExit("--history needs --catalog (the catalogue the logged offers come from)")
+    try:
+        features = read_manifest(features_from)["features"]
+        counts = HistoryCounts()
+        data = training_rows(read_history(path), load_catalog(catalog), features, counts=counts)
+    except (HistoryError, RtimError, OSError, KeyError) as exc:
+        raise SystemExit(f"cannot train from {path}: {exc}") from None
+    skipped = ", ".join(f"{n} {why}" for why, n in counts.skipped.most_common()) or "none"
+    _stderr(f"read {counts.decisions} decisions from {path}: {counts.rows} training rows "
+            f"({counts.positives} positive); skipped: {skipped}")  # fmt: skip
+    return data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m models.learning.train",
@@ -327,6 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="training file from models.learning.simulator (.jsonl or .csv)")
     src.add_argument("--simulate", type=int, metavar="N", help="simulate N customers first")
+    src.add_argument("--history", help="an `rtim export history` file (.jsonl[.gz], .parquet)")
+    ap.add_argument("--catalog", help="with --history: the catalogue the offers come from")
+    ap.add_argument(
+        "--features-from",
+        default=str(Path(__file__).resolve().parents[1] / "demo" / "registry" / "v1"),
+        help="with --history: a model version directory whose manifest lists the features",
+    )
     ap.add_argument("--seed", type=int, default=7, help="simulation and training seed")
     ap.add_argument("--days", type=int, default=28, help="simulated days (with --simulate)")
     ap.add_argument("--save-data", help="also write the simulated rows to this file")
@@ -344,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save_data:
             write_training_set(data, args.save_data)
             _stderr(f"  wrote {args.save_data}")
+    elif args.history:
+        data = _history_training_set(args.history, args.catalog, args.features_from)
     else:
         data = read_training_set(args.data)
         _stderr(f"read {len(data)} rows from {args.data}")

@@ -12,10 +12,11 @@ one output row per customer.
 campaign's done-set: every row carries the campaign id and the customer id,
 and a re-run with the same ``--out`` and ``--campaign-id`` reads it first and
 skips every customer already in it, so nobody is decided (and no impression
-counted) twice for the rows written. What it cannot cover: a batch the server
-decided but whose answer was lost (crash or kill between the server's answer
-and the write, at most ``concurrency × batch_size`` customers) is decided
-again on resume.
+counted) twice for the rows written. A batch the server decided but whose
+answer was lost (crash or kill between the server's answer and the write) is
+sent again on resume with the same ``idempotency_key`` (``campaign:<id>``):
+the shards answer the decisions they logged for it instead of deciding again,
+as long as those are still in their decision logs (``decision_log_size``).
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ class CampaignRun:
                 "customer_ids": batch,
                 "channels": opts.channels,
                 "context": {"campaign_id": opts.campaign_id},
+                # A batch decided but not written (crash, kill) is answered again
+                # with the same decisions on resume, not decided twice.
+                "idempotency_key": f"campaign:{opts.campaign_id}",
             },
         )
         if status != 200:

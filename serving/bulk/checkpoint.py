@@ -24,10 +24,11 @@ continue exactly where the checkpoint left them.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from models.atomic_file import replace_file
 
 VERSION = 1
 
@@ -120,6 +121,5 @@ class ImportCheckpoint:
             "counters": self.counters,
             "rejects_bytes": self.rejects_bytes,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        # Fsynced: a resume after a power cut must not skip rows the server never got.
+        replace_file(self.path, json.dumps(data).encode())

@@ -56,6 +56,7 @@ async def _merged(ing: Ingress, catalog: Catalog) -> tuple[AdaptiveModels, dict[
     "",
     summary="Every adaptive model: responses, success rate, online AUC, maturity",
     dependencies=_read,
+    responses=schema.typed(schema.ADAPTIVE_MODELS),
 )
 async def list_models(request: Request) -> Response:
     ing = await ingress_of(request)
@@ -69,7 +70,12 @@ async def list_models(request: Request) -> Response:
     return answer(request, body)
 
 
-@router.get("/{model}", summary="One adaptive model (offer@channel)", dependencies=_read)
+@router.get(
+    "/{model}",
+    summary="One adaptive model (offer@channel)",
+    dependencies=_read,
+    responses=schema.typed(schema.ADAPTIVE_MODEL),
+)
 async def get_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
     catalog = await _known(ing, model)
@@ -81,6 +87,7 @@ async def get_model(request: Request, model: str) -> Response:
     "/{model}/export",
     summary="A model's merged evidence (counts per predictor bin)",
     dependencies=_read,
+    responses=schema.typed(schema.ADAPTIVE_EXPORT),
 )
 async def export_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
@@ -94,6 +101,7 @@ async def export_model(request: Request, model: str) -> Response:
     "/{model}/reset",
     summary="Forget what a model learned (it restarts from its prior)",
     dependencies=_admin,
+    responses=schema.typed(schema.ADAPTIVE_RESET),
 )
 async def reset_model(request: Request, model: str) -> Response:
     ing = await ingress_of(request)
@@ -105,6 +113,7 @@ async def reset_model(request: Request, model: str) -> Response:
 @router.post(
     "/{model}/freeze",
     summary='Stop or resume learning: body {"frozen": true|false}',
+    responses=schema.typed(schema.ADAPTIVE_FROZEN),
     dependencies=_admin,
     openapi_extra=schema.body(
         {"type": "object", "required": ["frozen"], "properties": {"frozen": {"type": "boolean"}}}

@@ -31,6 +31,7 @@ router = APIRouter(prefix=f"{API}/admin", tags=["admin"], dependencies=[require(
 @router.put(
     "/catalog",
     summary="Replace the catalogue (validated, then swapped on every shard)",
+    responses=schema.typed(schema.CATALOG_CHANGED),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -62,7 +63,7 @@ async def put_catalog(request: Request) -> Response:
     return answer(request, {**result, "failed": failed}, 503 if failed else 200)
 
 
-@router.get("/models", summary="Model versions")
+@router.get("/models", summary="Model versions", responses=schema.typed(schema.MODELS))
 async def list_models(request: Request) -> Response:
     ing = await ingress_of(request)
     versions = await ing.region.coordinator.versions.remote()
@@ -78,6 +79,7 @@ async def list_models(request: Request) -> Response:
 @router.post(
     "/models",
     summary="Load and activate a model version on every shard",
+    responses=schema.typed(schema.MODEL_CHANGED),
     openapi_extra=schema.body(
         {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}
     ),
@@ -105,7 +107,11 @@ async def activate_model(request: Request) -> Response:
     return answer(request, {**result, "failed": failed}, 503 if failed else 200)
 
 
-@router.post("/snapshot", summary="Snapshot every shard now and compact its journal")
+@router.post(
+    "/snapshot",
+    summary="Snapshot every shard now and compact its journal",
+    responses=schema.typed(schema.SNAPSHOTS),
+)
 async def snapshot(request: Request) -> Response:
     ing = await ingress_of(request)
     results = await ing.region.broadcast("snapshot", timeout_s=300.0)
@@ -114,7 +120,7 @@ async def snapshot(request: Request) -> Response:
     return answer(request, {"shards": results})
 
 
-@router.get("/audit", summary="The audit trail, newest first")
+@router.get("/audit", summary="The audit trail, newest first", responses=schema.typed(schema.AUDIT))
 async def read_audit(request: Request, limit: int = 100, action: str | None = None) -> Response:
     if not 1 <= limit <= MAX_READ:
         raise ValidationError(f"limit must be 1..{MAX_READ}", "limit")
@@ -122,13 +128,17 @@ async def read_audit(request: Request, limit: int = 100, action: str | None = No
     return answer(request, {"entries": await asyncio.to_thread(log.tail, limit, action)})
 
 
-@router.get("/ingress", summary="Counters of the ingress replica that answers")
+@router.get(
+    "/ingress",
+    summary="Counters of the ingress replica that answers",
+    responses=schema.typed(schema.INGRESS_COUNTERS),
+)
 async def ingress_stats(request: Request) -> Response:
     ing = await ingress_of(request)
     return answer(request, ing.counters())
 
 
-@router.get("/shards", summary="Shard statistics")
+@router.get("/shards", summary="Shard statistics", responses=schema.typed(schema.SHARDS))
 async def shard_stats(request: Request) -> Response:
     ing = await ingress_of(request)
     stats = await ing.region.broadcast("stats")
@@ -160,6 +170,8 @@ def _started(request: Request, reply: object) -> Response:
 @router.put(
     "/shards",
     summary="Scale to N profile shards, moving partitions live (202; progress at /rebalance)",
+    status_code=202,
+    responses=schema.typed(schema.MOVE_JOB, "the job started", 202),
     openapi_extra=schema.body(
         {"type": "object", "required": ["shards"], "properties": {"shards": {"type": "integer"}}}
     ),
@@ -173,6 +185,8 @@ async def scale_shards(request: Request) -> Response:
 @router.post(
     "/moves",
     summary="Move partitions to a shard, live (202; progress at /rebalance)",
+    status_code=202,
+    responses=schema.typed(schema.MOVE_JOB, "the job started", 202),
     openapi_extra=schema.body(
         {
             "type": "object",
@@ -198,7 +212,11 @@ async def move_partitions(request: Request) -> Response:
     return _started(request, await _ask_coordinator(ing, "move_partitions", parts, to))
 
 
-@router.get("/rebalance", summary="Progress of the running (or last) scaling or move job")
+@router.get(
+    "/rebalance",
+    summary="Progress of the running (or last) scaling or move job",
+    responses=schema.typed(schema.MOVE_JOB),
+)
 async def rebalance_progress(request: Request) -> Response:
     ing = await ingress_of(request)
     return answer(request, await _ask_coordinator(ing, "rebalance_progress"))

@@ -106,6 +106,7 @@ async def decide_batch(request: Request) -> Response:
     tags=["decisions"],
     summary="A logged decision with its candidates, scores and outcomes",
     dependencies=[require("reports:read")],
+    responses=schema.typed(schema.DECISION_ENTRY),
 )
 async def get_decision(decision_id: str, request: Request) -> Response:
     ing = await ingress_of(request)

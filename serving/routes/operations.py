@@ -6,18 +6,19 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving import schema
 from serving.auth import require
 from serving.routes.common import API, answer, ingress_of
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive", responses=schema.typed(schema.STATUS))
 async def healthz(request: Request) -> Response:
     return answer(request, {"status": "ok"})
 
 
-@router.get("/readyz", summary="Every shard answers")
+@router.get("/readyz", summary="Every shard answers", responses=schema.typed(schema.READY))
 async def readyz(request: Request) -> Response:
     ing = await ingress_of(request)
     pings = await ing.region.ping_all()
@@ -44,7 +45,12 @@ async def readyz(request: Request) -> Response:
 
 
 # Any valid key: the benchmark baseline pays the same auth cost as a decide.
-@router.get("/noop", summary="Does nothing (benchmark baseline)", dependencies=[require(None)])
+@router.get(
+    "/noop",
+    summary="Does nothing (benchmark baseline)",
+    dependencies=[require(None)],
+    responses=schema.typed(schema.NOOP),
+)
 async def noop() -> Response:
     return Response(b'{"ok":true}', media_type="application/json")
 
@@ -54,6 +60,7 @@ async def noop() -> Response:
     tags=["catalogue"],
     summary="The active catalogue",
     dependencies=[require(None)],
+    responses=schema.typed(schema.CATALOG),
 )
 async def get_catalog(request: Request) -> Response:
     ing = await ingress_of(request)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from models.audit import pseudonym
 from models.errors import NotFound, ValidationError
 from models.identity.config import parse_identifiers
+from serving import schema
 from serving.audit import audit
 from serving.auth import require
 from serving.codec import check_text
@@ -30,7 +31,12 @@ async def _profile(ing: Ingress, cid: str) -> dict[str, Any]:
     return profile
 
 
-@router.get(f"{API}/profiles/{{customer_id}}", summary="Read a profile", dependencies=_read)
+@router.get(
+    f"{API}/profiles/{{customer_id}}",
+    summary="Read a profile",
+    dependencies=_read,
+    responses=schema.typed(schema.PROFILE),
+)
 async def get_profile(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)
     ing = await ingress_of(request)
@@ -41,6 +47,7 @@ async def get_profile(customer_id: str, request: Request) -> Response:
     f"{API}/profiles",
     summary="Find a profile by an identifier (e.g. ?cookie=abc or ?account=42)",
     dependencies=_read,
+    responses=schema.typed(schema.PROFILE),
 )
 async def find_profile(request: Request) -> Response:
     ing = await ingress_of(request)
@@ -62,6 +69,7 @@ async def find_profile(request: Request) -> Response:
     f"{API}/profiles/{{customer_id}}",
     summary="Erase a profile (right to erasure)",
     dependencies=[require("profiles:erase")],
+    responses=schema.typed(schema.ERASED),
 )
 async def delete_profile(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)
@@ -82,6 +90,7 @@ async def delete_profile(customer_id: str, request: Request) -> Response:
     tags=["decisions"],
     summary="A customer's logged decisions, newest first",
     dependencies=_read,
+    responses=schema.typed(schema.DECISION_ENTRIES),
 )
 async def customer_decisions(customer_id: str, request: Request) -> Response:
     cid = customer_id_param(customer_id)

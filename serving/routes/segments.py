@@ -22,6 +22,7 @@ router = APIRouter(dependencies=[require("profiles:read")])
     f"{API}/segments/members",
     tags=["decisions"],
     summary="One page of the customers of one shard that a segment rule selects",
+    responses=schema.typed(schema.SEGMENT_PAGE),
     openapi_extra=schema.body(
         {
             "type": "object",

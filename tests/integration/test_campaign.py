@@ -112,6 +112,33 @@ def test_file_segment_with_a_limit_then_resumed_covers_everyone_once(
     )
 
 
+def test_a_batch_decided_but_never_written_is_answered_again_not_decided_twice(
+    server: str, tmp_path: Path
+) -> None:
+    """The crash window: the server decided a batch, the campaign died before writing it."""
+    preload(server, "cmp-c", 12)
+    cids = [f"cmp-c-{i}" for i in range(12)]
+    lost = cids[:5]
+    out = tmp_path / "winter.csv"
+    # What the campaign had sent just before it was killed.
+    body = {"customer_ids": lost, "channels": ["email", "outbound_call"],
+            "context": {"campaign_id": "winter"}, "idempotency_key": "campaign:winter"}  # fmt: skip
+    r = httpx.post(f"{server}/v1/decide/batch", json=body, timeout=30, headers=auth_headers())
+    assert r.status_code == 200, r.text
+    decided = {d["customer_id"]: d["decision_id"] for d in r.json()["decisions"]}
+    before = history_sizes(server, lost)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{c}\n" for c in cids))
+    code, summary = run_campaign(opts(server, out, str(ids)))
+    assert code == EXIT_OK and summary.decided_this_run == len(cids)
+    rows = {row["customer_id"]: row for row in read_out(out)}
+    assert {c: rows[c]["decision_id"] for c in lost} == decided
+    assert history_sizes(server, lost) == before  # no second impression
+    with httpx.Client(base_url=server, timeout=30, headers=auth_headers()) as c:
+        logged = [len(c.get(f"/v1/profiles/{cid}/decisions").json()["decisions"]) for cid in lost]
+    assert logged == [1] * len(lost)
+
+
 def test_bad_rule_unknown_channel_or_foreign_output_send_nothing(
     server: str, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import uuid
 
 import httpx
 import pytest
+from tests_support import auth_headers, replica_urls
 
 JSON = {"content-type": "application/json"}
 
@@ -179,3 +180,33 @@ async def test_slow_clients_are_dropped_at_the_edge(server: str, server_settings
         asyncio.to_thread(_held_open_s, truncated, port, timeout * 4),
     )
     assert all(s <= timeout * 2.5 for s in held), held
+
+
+async def test_truncated_bodies_wait_in_haproxy_not_in_the_replicas(server: str, server_settings):
+    """Headers then a partial body, held open: no replica spends an in-flight slot on them."""
+    key = auth_headers()["Authorization"]
+    truncated = (
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f'Authorization: {key}\r\nContent-Length: 1000\r\n\r\n{{"events": ['
+    ).encode()
+    held = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server_settings.port), timeout=5)
+            sock.sendall(truncated)
+            held.append(sock)
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=10, headers=auth_headers()) as client:
+            inflight = [
+                (await client.get(f"{url}/v1/admin/ingress")).json()["inflight"]
+                for url in replica_urls(expect=2)
+            ]
+            # Everyone else is still answered at once.
+            r = await client.get(f"{server}/v1/admin/ingress")
+            assert r.status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    # Each replica counts only the request reading its own counters (plus stray
+    # traffic of this test session), not the 40 held uploads.
+    assert max(inflight) < 10, inflight

@@ -7,10 +7,9 @@ import time
 import uuid
 
 import httpx
-from tests_support import auth_headers
+from tests_support import auth_headers, on_other_shards
 
 from models.identity.config import identifier_key, new_profile_id
-from models.partitioning import PartitionMap
 
 
 def uid(prefix: str) -> str:
@@ -58,17 +57,6 @@ async def test_abandoned_cart_visit_follows_the_customer_after_login(client) -> 
     r = await client.post("/v1/decide", json={"identifiers": {"cookie": cookie},
                                               "channel": "web", "deadline_ms": 5000})  # fmt: skip
     assert r.status_code == 200 and r.json()["customer_id"] == account
-
-
-def on_other_shards(settings) -> tuple[str, str]:
-    pmap = PartitionMap.initial(settings.partitions, 2)
-    while True:
-        cookie, account = uid("ck"), uid("acct")
-        anon = new_profile_id("cookie", cookie)
-        if pmap.shard_of(anon) != pmap.shard_of(account) and pmap.shard_of(
-            identifier_key("cookie", cookie)
-        ) != pmap.shard_of(identifier_key("account", account)):
-            return cookie, account
 
 
 async def test_merge_across_shards_under_concurrent_events_loses_and_doubles_nothing(

@@ -12,7 +12,7 @@ import uuid
 
 import httpx
 import ray
-from tests_support import auth_headers, replica_urls
+from tests_support import auth_headers, on_other_shards, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.partitioning import PartitionMap
@@ -144,3 +144,49 @@ async def test_response_with_an_unknown_outcome_names_the_field(client: httpx.As
          "attributes": {"outcome": "loved_it"}}
     ]})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["field"].endswith("outcome")
+
+
+async def test_responses_after_a_merge_still_teach_the_model(
+    client: httpx.AsyncClient, server_settings: Settings
+) -> None:
+    """Decided for an anonymous visitor, answered after login (another shard): learned once."""
+    original = (await client.get("/v1/catalog")).json()
+    r = await client.put("/v1/admin/catalog", json=learning_catalog())
+    assert r.status_code == 200, r.text
+    try:
+        decided = []
+        pairs = [on_other_shards(server_settings) for _ in range(3)]
+        for cookie, account in pairs:
+            body = {"identifiers": {"cookie": cookie}, "channel": "web", "deadline_ms": 5000}
+            d = (await client.post("/v1/decide", json=body)).json()
+            assert not d["fallback"] and d["offers"], d
+            decided.append(d["decision_id"])
+            await post_events(client, [
+                {"event_id": uuid.uuid4().hex, "customer_id": account, "type": "profile_update",
+                 "attributes": {"segment": "young"}},
+                {"event_id": uuid.uuid4().hex, "type": "identify",
+                 "identifiers": {"cookie": cookie, "account": account}},
+            ])  # fmt: skip
+        before = (await client.get("/v1/models/adaptive")).json()["responses"]
+        # One answers under the account, one under the cookie, one twice (a retry).
+        (_, a0), (c1, _), (_, a2) = pairs
+        responses = [
+            {"event_id": f"r-{decided[0]}", "customer_id": a0, "type": "response",
+             "decision_id": decided[0], "attributes": {"outcome": "accepted"}},
+            {"event_id": f"r-{decided[1]}", "identifiers": {"cookie": c1}, "type": "response",
+             "decision_id": decided[1], "attributes": {"outcome": "rejected"}},
+            {"event_id": f"r-{decided[2]}", "customer_id": a2, "type": "response",
+             "decision_id": decided[2], "attributes": {"outcome": "clicked"}},
+        ]  # fmt: skip
+        await post_events(client, responses)
+        await post_events(client, responses[2:])
+        after = (await client.get("/v1/models/adaptive")).json()["responses"]
+        assert after["learned"] - before["learned"] == 3, (before, after)
+        assert after["unknown_decision"] == before["unknown_decision"]
+        entry = (await client.get(f"/v1/decisions/{decided[0]}")).json()
+        assert entry["customer_id"] == a0
+        assert [o["outcome"] for o in entry["outcomes"]] == ["accepted"]
+    finally:
+        r = await client.put("/v1/admin/catalog", json=original)
+        assert r.status_code == 200, r.text
+        await refresh_every_replica()

@@ -475,3 +475,24 @@ def test_oversized_batch_has_its_own_code(demo: Catalog) -> None:
     with pytest.raises(ValidationError) as err:
         parse_decide_batch({"customer_ids": ["a"] * 11, "channel": "web"}, demo, max_batch=10)
     assert err.value.code == "batch_too_large"
+
+
+def test_the_decision_log_finds_a_keyed_decision_until_it_is_evicted_or_erased():
+    from models.decisioning.log import DecisionLog
+    from models.decisioning.record import DecisionRecord
+
+    def rec(cid: str, key: str | None) -> DecisionRecord:
+        return DecisionRecord(decision_id=DecisionRecord.new_id(), customer_id=cid, ts=0.0,
+                              channels=["email"], catalog_version="v", model_version=None,
+                              offers=[], request_key=key)  # fmt: skip
+
+    log = DecisionLog(capacity=2)
+    first = rec("c-1", "campaign:x")
+    log.add(first)
+    assert log.keyed("c-1", "campaign:x") is first
+    assert log.keyed("c-2", "campaign:x") is None and log.keyed("c-1", "campaign:y") is None
+    log.add(rec("c-2", "campaign:x"))
+    log.add(rec("c-3", None))  # evicts the first
+    assert log.keyed("c-1", "campaign:x") is None
+    log.erase("c-2")
+    assert log.keyed("c-2", "campaign:x") is None
