@@ -508,9 +508,14 @@ class ProfileShardImpl:
         return answers
 
     async def record_fallbacks(self, records: list[DecisionRecord]) -> int:
-        """Fallback answers an ingress gave for customers of this shard (history rows)."""
-        self.engine.note_fallbacks(records)
-        return len(records)
+        """Fallback answers an ingress gave for customers of this shard (history rows).
+
+        They arrive a little after the answer: one for a customer erased
+        meanwhile is dropped, not written back.
+        """
+        kept = [r for r in records if not self._recently_erased(r.customer_id)]
+        self.engine.note_fallbacks(kept)
+        return len(kept)
 
     async def history_page(
         self, kind: str, since: float, until: float, cursor: list | None, limit: int

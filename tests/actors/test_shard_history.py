@@ -71,3 +71,16 @@ async def test_an_erased_customer_is_not_brought_back_by_recovery(tmp_path: Path
     assert [r["customer_id"] for r in rows(again)] == ["kept"]
     for p in (tmp_path / "shard-0" / "history").iterdir():
         assert b'"gone"' not in p.read_bytes()
+
+
+async def test_a_fallback_arriving_after_the_erasure_is_not_written(tmp_path: Path) -> None:
+    from models.decisioning.record import DecisionRecord
+
+    shard = make(tmp_path)
+    await shard.decide([DecideRequest("gone", ("web",))], None, 1)
+    late = DecisionRecord.fallback_for("gone", ["web"], [], "v", time.time())
+    kept = DecisionRecord.fallback_for("kept", ["web"], [], "v", time.time())
+    assert await shard.delete_profile("gone", 1) is True
+    assert await shard.record_fallbacks([late, kept]) == 1
+    assert [r["customer_id"] for r in rows(shard)] == ["kept"]
+    assert await shard.get_decision(late.decision_id) is None
