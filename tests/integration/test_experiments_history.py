@@ -157,7 +157,9 @@ async def test_history_export_joins_outcomes_to_decisions_in_jsonl_and_parquet(
     decided = {}
     for cid in nba:
         r = await client.post("/v1/decide", json={"customer_id": cid, "channel": "web",
-                                                  "context": {"device": "mobile"}})  # fmt: skip
+                                                  "context": {"device": "mobile"},
+                                                  "deadline_ms": 5000})  # fmt: skip
+        assert r.status_code == 200 and not r.json()["fallback"], r.text
         decided[cid] = r.json()
     holder = next(c for c in nba if decided[c]["offers"])
     d = decided[holder]
@@ -248,7 +250,8 @@ async def test_erasure_removes_the_customer_from_every_history_file(
 ) -> None:
     cid = f"erase-history-{uuid.uuid4().hex}"
     for channel in ("web", "email", "app"):
-        r = await client.post("/v1/decide", json={"customer_id": cid, "channel": channel})
+        r = await client.post("/v1/decide", json={"customer_id": cid, "channel": channel,
+                                                  "deadline_ms": 5000})  # fmt: skip
         assert r.status_code == 200
     d = r.json()
     await client.post("/v1/events", json={"events": [
