@@ -6,7 +6,13 @@ It decides for a batch of (profile, request) pairs with one model run
 as impressions when the catalogue says so, and attributes ``response``
 events to logged decisions; the shard's report counters count both
 (``actors/reporting.py``). It journals :class:`DecisionsMade`,
-:class:`CatalogActivated` and :class:`ModelActivated`.
+:class:`CatalogActivated` and :class:`ModelActivated`, and appends every
+decision and attributed outcome to the shard's
+:class:`~actors.history.InteractionHistory`.
+
+Experiments (``models/decisioning/experiments.py``) run inside
+``decide_many``; the engine keeps the extra scorers that ``model:<version>``
+arms need, loaded when a catalogue naming them is activated.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.durable import JournalRecord, journal_record
+from actors.history import InteractionHistory, row_context
 from actors.learning import Learning
 from actors.reporting import ReportBook
 from models.customer.events import Event
@@ -26,6 +33,7 @@ from models.decisioning.log import DecisionLog
 from models.decisioning.record import DecisionRecord, from_builtins, to_builtins
 from models.decisioning.request import DecideRequest
 from models.errors import RtimError
+from models.learning.adaptive import DEFAULT_POSITIVE
 from models.learning.registry import scorer_for_version
 from models.learning.scoring import PriorScorer
 from models.settings import Settings
@@ -62,14 +70,18 @@ class DecisionEngine:
         model_version: str | None,
         learning: Learning | None = None,
         reports: ReportBook | None = None,
+        history: InteractionHistory | None = None,
     ) -> None:
         self.settings = settings
+        self.history = history
+        self.arm_scorers: dict[str, Any] = {}  # model:<version> arms' scorers
         self.learning = learning or Learning(settings.decision_log_size)
         self.reports = reports or ReportBook(settings.report_retention_h)
         # Start from what the coordinator says is active; the journal may hold
         # a newer activation, which recovery applies on top.
         self.catalog: Catalog = load_catalog(catalog or settings.catalog)
         self.learning.configure(self.catalog)
+        self._load_arm_scorers()
         self.model_error: str | None = None
         self.scorer: Any = PriorScorer()
         self.model_version: str = self.scorer.version
@@ -105,7 +117,24 @@ class DecisionEngine:
         if catalog.version != self.catalog.version:
             self.catalog = catalog
             self.learning.configure(catalog)
+            self._load_arm_scorers()
         return catalog
+
+    def _load_arm_scorers(self) -> None:
+        """Load the model versions of ``model:<version>`` arms (a missing one is logged;
+        its arm then scores with the active model, and its records say so)."""
+        scorers = {}
+        for version in self.catalog.experiments.model_versions:
+            try:
+                scorers[version] = (
+                    self.arm_scorers.get(version)
+                    or scorer_for_version(
+                        self.settings.model_registry, version, self.catalog.group_of
+                    )[0]
+                )
+            except RtimError as exc:
+                log.error("experiment arm model %r failed to load: %s", version, exc.message)
+        self.arm_scorers = scorers
 
     def activate_model(self, version: str, strict: bool = True) -> str:
         """Load and switch to a model version ("" = newest in the registry).
@@ -138,17 +167,36 @@ class DecisionEngine:
         if not items:
             return []
         learner = self.learning.models if self.catalog.learning is not None else None
+        history = self.history
+        contexts = None
+        if history is not None and self.settings.history_context:
+            contexts = [row_context(p, r) for p, r in items]  # before impressions
         records = decide_many(
-            items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner
-        )
+            items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner,
+            self.arm_scorers,
+        )  # fmt: skip
         on_decide = self.catalog.arbitration.impressions == "on_decide"
         for (profile, req), record in zip(items, records):
             record.request_key = req.idempotency_key
             record.impressions = on_decide and bool(record.offers)
             self._log(record, profile, now)
         self.reports.decided(records, self.catalog)
+        if history is not None:
+            history.add_decisions(records, contexts)
         self.decisions += len(records)
         return records
+
+    def note_fallbacks(self, records: list[DecisionRecord]) -> None:
+        """Fallback answers an ingress gave for this shard's customers: log and history."""
+        for record in records:
+            self.log.add(record)
+        if self.history is not None:
+            self.history.add_decisions(records, None)
+            self.history.flush()
+
+    def flush_history(self) -> None:
+        if self.history is not None:
+            self.history.flush()
 
     def replay(self, rec: DecisionsMade, profile_of: Any) -> list[Profile]:
         """Re-log journalled decisions; return the profiles whose impressions changed."""
@@ -162,6 +210,8 @@ class DecisionEngine:
                 touched[cid] = profile
             self._log(record, profile, rec.now)
             self.reports.decided([record], self.catalog)
+            if self.history is not None:
+                self.history.add_recovered(record)
         return list(touched.values())
 
     def _log(self, record: DecisionRecord, profile: Profile | None, now: float) -> None:
@@ -190,6 +240,12 @@ class DecisionEngine:
         if record is not None:
             self.reports.attributed(record, before, self.catalog)
         self.learning.learn(record, offer, outcome, self.catalog)
+        if self.history is not None:
+            positive = outcome in (learning.positive if learning is not None else DEFAULT_POSITIVE)
+            self.history.add_outcome(
+                record or _Unlogged(ev.decision_id, ev.customer_id),
+                offer if offer is not None else ev.offer_id, outcome, ev.ts, positive,
+            )  # fmt: skip
         if offer is not None and ev.offer_id is None:
             return ev._replace(offer_id=offer)
         return ev
@@ -225,8 +281,22 @@ class DecisionEngine:
 
     def erase(self, customer_id: str) -> int:
         self.learning.latest.pop(customer_id, None)  # learned counts name no customer
-        return self.log.erase(customer_id)
+        erased = self.log.erase(customer_id)
+        if self.history is not None:
+            erased += self.history.erase(customer_id)
+        return erased
 
     def entry(self, decision_id: str) -> dict[str, Any] | None:
         record = self.log.get(decision_id)
         return None if record is None else record.log_entry()
+
+
+@dataclass(frozen=True, slots=True)
+class _Unlogged:
+    """A decision no longer in the in-memory log: its outcome row still goes to the history."""
+
+    decision_id: str
+    customer_id: str
+
+    def value_of(self, offer_id: str | None) -> None:
+        return None

@@ -11,6 +11,7 @@ component:
 - :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
 - :class:`~actors.learning.Learning`: adaptive models, learning from responses.
 - :class:`~actors.reporting.ReportBook`: hourly report counters (merged on read).
+- :class:`~actors.history.InteractionHistory`: every decision and outcome, on disk.
 
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
@@ -52,6 +53,7 @@ from actors.handover import (
     ProfileMergedIn,
     ProfileMovedOut,
 )
+from actors.history import InteractionHistory
 from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
 from actors.metrics import ShardMetrics
 from actors.ownership import Ownership
@@ -101,8 +103,14 @@ class ProfileShardImpl:
         self.profiles = ProfileBook(self.settings.session_gap_s, tombstone_s)
         self.learning = Learning(self.settings.decision_log_size)
         self.reports = ReportBook(self.settings.report_retention_h)
+        s = self.settings
+        self.history = (
+            InteractionHistory(shard_dir(s.data_dir, index) / "history", s.history_file_bytes,
+                               s.history_file_s, s.history_retention_days * 86400.0)
+            if s.history else None
+        )  # fmt: skip
         self.engine = DecisionEngine(
-            self.settings, catalog, model_version, self.learning, self.reports
+            s, catalog, model_version, self.learning, reports=self.reports, history=self.history
         )
         self.handover = Handover(self.settings.session_gap_s)
         self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
@@ -141,10 +149,17 @@ class ProfileShardImpl:
         self.timer: asyncio.Task | None = None
         self._topology: dict[str, Any] = {}
         self.durable.recover()
+        self._history_recovered()
+
+    def _history_recovered(self) -> None:
+        if self.history is not None and self.durable.recovered:
+            self.history.recovered()
 
     # -- what DurableState needs --------------------------------------------------------
 
     def reset_state(self) -> None:
+        if self.history is not None:
+            self.history.begin_recovery(0.0)
         self.profiles.reset()
         self.engine.reset()
         self.handover.reset()
@@ -153,6 +168,8 @@ class ProfileShardImpl:
         self.reports.reset()
 
     def load_snapshot(self, state: dict) -> None:
+        if self.history is not None:
+            self.history.begin_recovery(float(state.get("taken_at") or 0.0))
         self.profiles.load_snapshot(state)
         self.engine.load_snapshot(state)
         self.handover.load_snapshot(state)
@@ -161,6 +178,8 @@ class ProfileShardImpl:
         self.reports.load_snapshot(state)
 
     def snapshot_state(self) -> dict:
+        if self.history is not None:
+            self.history.sync()  # the journal compacts behind this snapshot
         return {
             "v": 1,
             "shard": self.index,
@@ -209,7 +228,7 @@ class ProfileShardImpl:
             self.timer = asyncio.get_running_loop().create_task(self._timer_loop())
 
     async def _timer_loop(self) -> None:
-        merged_at = 0.0
+        merged_at = pruned_at = 0.0
         while True:
             await asyncio.sleep(1.0)
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
@@ -217,7 +236,13 @@ class ProfileShardImpl:
                 await self._merge_learning()
             self.metrics.flush(len(self.profiles.store))
             await self.expire_outcomes()
+            recovered = self.durable.recovered
             self.durable.tick()
+            if not recovered:
+                self._history_recovered()
+            if self.history is not None and time.time() - pruned_at >= 60.0:
+                pruned_at = time.time()
+                self.history.prune(pruned_at)
             self.profiles.prune(time.time())
             self.reports.prune()
             if self.durable.degraded is None and self.durable.recovered:
@@ -323,6 +348,8 @@ class ProfileShardImpl:
             "decisions": self.engine.decisions,
             "decision_log": len(self.engine.log),
             "report_entries": len(self.reports.counters),
+            "history_rows": self.history.rows if self.history is not None else 0,
+            "history_dropped": self.history.dropped if self.history is not None else 0,
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -404,6 +431,7 @@ class ProfileShardImpl:
         self.metrics.applied(applied, responses, self.engine.catalog)
         if applied:
             self.durable.append(EventsApplied(now, packed or [list(ev) for ev in batch]))
+            self.engine.flush_history()
         # Pure duplicates commit too: that waits for any in-flight group holding
         # the originals, so nothing is acknowledged before it is durable.
         failed = await self._record()
@@ -507,6 +535,7 @@ class ProfileShardImpl:
             for cid in {r.customer_id for r in records if r.impressions}:
                 self.profiles.store.put(profiles[cid])
             self.durable.append(DecisionsMade(now, [to_builtins(r) for r in records]))
+            self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
             failed = await self._record()
             if failed:
                 return failed
@@ -517,6 +546,26 @@ class ProfileShardImpl:
     ) -> bytes | Refused | Failed:
         """:meth:`decide` with msgpack requests and answers (:mod:`actors.decide_wire`)."""
         return pack_answers(await self.decide(unpack_requests(requests), deadlines, epoch))
+
+    async def record_fallbacks(self, records: list[DecisionRecord]) -> int:
+        """Fallback answers an ingress gave for customers of this shard (history rows).
+
+        They arrive a little after the answer: one for a customer erased
+        meanwhile is dropped, not written back.
+        """
+        kept = [r for r in records if not self._recently_erased(r.customer_id)]
+        self.engine.note_fallbacks(kept)
+        return len(kept)
+
+    async def history_page(
+        self, kind: str, since: float, until: float, cursor: list | None, limit: int
+    ) -> dict[str, Any]:
+        """One page of this shard's interaction history (``InteractionHistory.page``)."""
+        if self.history is None:
+            return {"rows": [], "next": None}
+        self.history.flush()  # here, not in the thread: appends run on this loop
+        rows, nxt = await asyncio.to_thread(self.history.page, kind, since, until, cursor, limit)
+        return {"rows": rows, "next": nxt}
 
     async def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         return self.engine.entry(decision_id)
@@ -603,9 +652,14 @@ class ProfileShardImpl:
         """
         rec = MovesForgotten(customer_id)
         absorbed = [a for a in self.handover.forget(rec) if a != customer_id]
+        now = time.time()
+        if self.history is not None and self.history.erase(customer_id):
+            # Rows left here by a partition that moved away: the journal may still
+            # hold their decisions, so journal the erasure for recovery to honour.
+            self.durable.note_erasure()
+            await self._record(ProfileErased(customer_id, now))
         if not absorbed:
             return 0
-        now = time.time()
         erased = [ProfileErased(a, now) for a in absorbed]
         for e in erased:
             self._erase(e)

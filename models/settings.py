@@ -67,6 +67,13 @@ class Settings:
     learning_merge_interval_s: float = 2.0
     # Report counters: hourly buckets kept per shard (docs/reports.md, Retention).
     report_retention_h: int = 24 * 31
+    # Interaction history (docs/history.md): per-shard JSONL files under data_dir.
+    history: bool = True  # write the interaction history at all
+    history_context: bool = True  # rows carry the profile and request (for evaluation)
+    history_file_bytes: int = 64 << 20  # rotate the open file at this size ...
+    history_file_s: float = 3600.0  # ... or age
+    history_retention_days: float = 0.0  # delete rotated files older than this; 0 = keep
+    history_fallback_queue: int = 10000  # fallback rows an ingress replica holds for shards
 
     def __post_init__(self) -> None:
         positive = (
@@ -77,11 +84,14 @@ class Settings:
             "max_inflight_per_shard", "coalesce_max_batch", "coalesce_max_calls",
             "move_partitions",
             "client_timeout_s",
-            "learning_merge_interval_s", "report_retention_h",
+            "learning_merge_interval_s", "report_retention_h", "history_file_bytes",
+            "history_file_s", "history_fallback_queue",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.history_retention_days < 0:
+            raise SettingsError("setting history_retention_days must be >= 0 (0 = keep)")
         if self.move_pause_s < 0:
             raise SettingsError("setting move_pause_s must be >= 0")
         if self.shards < 0:

@@ -34,6 +34,7 @@ from serving.routes import (
     admin,
     channel,
     dashboard,
+    history,
     operations,
     profiles,
     reports,
@@ -91,7 +92,7 @@ def create_app(ingress: Ingress) -> FastAPI:
     app.add_middleware(FastLane, ingress=ingress, gate=app.state.gate)
     app.add_middleware(InflightBound, ingress=ingress)
     for router in (operations.router, channel.router, profiles.router, admin.router,
-                   adaptive.router, segments.router, reports.router,
+                   adaptive.router, segments.router, reports.router, history.router,
                    dashboard.router):  # fmt: skip
         app.include_router(router)
     generate = app.openapi

@@ -43,6 +43,7 @@ OVERLOAD_HEADER = "rtim-on-overload"  # "fallback" (default) or "reject": 503 + 
 REQUEST_START_HEADER = "x-request-start"  # "t=<epoch s, ms or µs>": when it reached the edge
 MAX_QUEUED_S = 60.0  # older request-start stamps are taken as clock trouble, not queueing
 REFUSAL_RECHECK_S = 0.1
+FALLBACK_SEND_S = 0.2  # fallback history rows are sent to their shards this often
 T = TypeVar("T")
 
 
@@ -70,6 +71,10 @@ class Ingress:
         self._started = False
         self._start_lock = asyncio.Lock()
         self.inflight = 0
+        # Fallback answers wait here for their shards' interaction history.
+        self.fallback_rows: list[DecisionRecord] = []
+        self.fallback_rows_dropped = 0
+        self._fallback_sender: asyncio.Task | None = None
         self.fallbacks = 0
         self.fallback_tally = FallbackTally()  # counted into the reports (serving/fallbacks.py)
         self.shed = 0  # decides not sent to a shard: no time left or its queue too long
@@ -285,9 +290,53 @@ class Ingress:
         now = time.time()
         self.fallback_tally.add(req.channels, offers, now)
         self.fallback_tally.start(lambda: self.region.shards)
-        return DecisionRecord.fallback_for(
-            req.customer_id, list(req.channels), offers, self.catalog.version, now
+        experiments = self.catalog.experiments
+        arm = experiments.assign(req.customer_id, req.channels[0]) if experiments else None
+        record = DecisionRecord.fallback_for(
+            req.customer_id, list(req.channels), offers, self.catalog.version, now, arm
         )
+        self._queue_fallback(record)
+        return record
+
+    # -- fallbacks to the shards' interaction history ---------------------------------
+
+    def _queue_fallback(self, record: DecisionRecord) -> None:
+        """Keep a fallback for its shard's history; bounded, counted when dropped."""
+        if not self.settings.history:
+            return
+        if len(self.fallback_rows) >= self.settings.history_fallback_queue:
+            self.fallback_rows_dropped += 1
+            return
+        self.fallback_rows.append(record)
+        if self._fallback_sender is None or self._fallback_sender.done():
+            self._fallback_sender = asyncio.get_running_loop().create_task(self._send_fallbacks())
+
+    async def _send_fallbacks(self) -> None:
+        """Deliver queued fallbacks to their owning shards until none are left.
+
+        A shard that does not take them (it is why there was a fallback) is
+        tried again after a pause; the queue's bound drops the newest beyond it.
+        """
+        pause = FALLBACK_SEND_S
+        while self.fallback_rows:
+            await asyncio.sleep(pause)
+            rows, self.fallback_rows = self.fallback_rows, []
+            by_shard: dict[int, list[DecisionRecord]] = {}
+            for r in rows:
+                by_shard.setdefault(self.region.shard_of(r.customer_id), []).append(r)
+            failed: list[DecisionRecord] = []
+            for index, group in by_shard.items():
+                try:
+                    await asyncio.wait_for(
+                        self.region.shards[index].record_fallbacks.remote(group), 5.0
+                    )
+                except Exception as exc:  # down or restarting: keep them, try again
+                    log.warning("fallback history for shard %d not delivered: %s", index, exc)
+                    failed.extend(group)
+            room = self.settings.history_fallback_queue - len(self.fallback_rows)
+            self.fallback_rows[:0] = failed[:room]
+            self.fallback_rows_dropped += max(0, len(failed) - room)
+            pause = min(pause * 2, 5.0) if failed else FALLBACK_SEND_S
 
     def counters(self) -> dict[str, Any]:
         c, i = self.coalescer, self.identity
@@ -295,6 +344,8 @@ class Ingress:
             "decide_fallbacks": self.fallbacks,
             "decide_shed": self.shed,
             "decide_rejected": self.rejected,
+            "fallback_history_queued": len(self.fallback_rows),
+            "fallback_history_dropped": self.fallback_rows_dropped,
             "inflight": self.inflight,
             "coalesced_batches": c.batches,
             "coalesced_requests": c.requests,

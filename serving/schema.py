@@ -53,9 +53,53 @@ DECISION = {
         "catalog_version": {"type": "string"},
         "model_version": {"type": ["string", "null"]},
         "fallback": {"type": "boolean"},
+        "experiment": {"type": ["string", "null"],
+                       "description": "the experiment the customer's arm belongs to"},
+        "arm": {"type": ["string", "null"], "description": "the customer's experiment arm"},
+        "probability": {"type": "number", "description": "of no message, when offers is empty"},
         "trace": {"type": "array", "items": {"type": "object"}, "description": "with explain"},
     },
 }  # fmt: skip
+
+_NUM_OR_NULL = {"type": ["number", "null"]}
+HISTORY_ROW = {
+    "type": "object",
+    "required": ["decision_id", "customer_id", "ts"],
+    "description": "a decision row, or with kind=outcome an outcome row (docs/history.md)",
+    "properties": {
+        "kind": {"type": "string", "enum": ["outcome"]},
+        "decision_id": {"type": "string"},
+        "customer_id": {"type": "string"},
+        "ts": {"type": "number"},
+        "channels": {"type": "array", "items": {"type": "string"}},
+        "catalog_version": {"type": "string"},
+        "model_version": {"type": ["string", "null"]},
+        "experiment": {"type": ["string", "null"]},
+        "arm": {"type": ["string", "null"]},
+        "policy": {"type": "string"},
+        "fallback": {"type": "boolean"},
+        "candidates": {"type": "array", "items": {"type": "object"}},
+        "chosen": {"type": "array", "items": {"type": "object"}},
+        "probability": {"type": "number"},
+        "context": {"type": ["object", "null"]},
+        "offer_id": {"type": ["string", "null"]},
+        "outcome": {"type": "string"},
+        "positive": {"type": "boolean"},
+        "value": _NUM_OR_NULL,
+    },
+}
+
+HISTORY_PAGE = {
+    "type": "object",
+    "required": ["shards", "since", "until", "rows", "next"],
+    "properties": {
+        "shards": {"type": "integer", "minimum": 1},
+        "since": {"type": "number"},
+        "until": {"type": "number"},
+        "rows": {"type": "array", "items": HISTORY_ROW},
+        "next": {"type": ["string", "null"], "description": "cursor of the next page; null: done"},
+    },
+}
 
 DECISIONS = {
     "type": "object",

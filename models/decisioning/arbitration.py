@@ -32,13 +32,14 @@ cascade does not record impressions; the caller does (see the catalogue's
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from models.customer.profile import Profile
 from models.decisioning.catalog import CandidateSpec, Catalog
+from models.decisioning.experiments import MODEL_PREFIX, Assignment
 from models.decisioning.facts import Candidate
 from models.decisioning.policies import ContactLedger
 from models.decisioning.record import ChosenOffer, DecisionRecord
@@ -94,9 +95,12 @@ def decide(
     now: float,
     session_gap_s: float = 1800.0,
     learner: AdaptiveModels | None = None,
+    scorers: Mapping[str, PropensityScorer] | None = None,
 ) -> DecisionRecord:
     """Decide for one customer (see the module docstring for the cascade)."""
-    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s, learner)[0]
+    return decide_many([(profile, request)], catalog, scorer, now, session_gap_s, learner, scorers)[
+        0
+    ]
 
 
 def decide_many(
@@ -106,8 +110,53 @@ def decide_many(
     now: float,
     session_gap_s: float = 1800.0,
     learner: AdaptiveModels | None = None,
+    scorers: Mapping[str, PropensityScorer] | None = None,
 ) -> list[DecisionRecord]:
-    """Decide for many requests with one model run over all their candidates."""
+    """Decide for many requests with one model run over all their candidates.
+
+    With experiments in the catalogue each request runs under its arm's policy
+    variant (:mod:`models.decisioning.experiments`); ``scorers`` holds the
+    model versions of ``model:<version>`` arms (an arm whose version is
+    missing scores with ``scorer``, and its record says which model scored).
+    """
+    if not catalog.experiments:
+        return _decide_group(items, [None] * len(items), catalog, scorer, now,
+                             session_gap_s, learner)  # fmt: skip
+    arms = [catalog.experiments.assign(r.customer_id, r.channels[0]) for _, r in items]
+    groups: dict[str, list[int]] = {}  # model version ("" = the shard's) -> item indexes
+    for i, arm in enumerate(arms):
+        version = _arm_model(arm)
+        groups.setdefault(version if scorers and version in scorers else "", []).append(i)
+    if len(groups) == 1:
+        (version,) = groups
+        sc = scorers[version] if version else scorer  # type: ignore[index]
+        return _decide_group(items, arms, catalog, sc, now, session_gap_s, learner)
+    out: list[DecisionRecord] = [None] * len(items)  # type: ignore[list-item]
+    for version, idx in groups.items():
+        sc = scorers[version] if version else scorer  # type: ignore[index]
+        part = _decide_group([items[i] for i in idx], [arms[i] for i in idx], catalog, sc,
+                             now, session_gap_s, learner)  # fmt: skip
+        for i, record in zip(idx, part):
+            out[i] = record
+    return out
+
+
+def _arm_model(arm: Assignment | None) -> str:
+    if arm is None or not arm.policy.startswith(MODEL_PREFIX):
+        return ""
+    return arm.policy[len(MODEL_PREFIX) :]
+
+
+def _decide_group(
+    items: Sequence[tuple[Profile, DecideRequest]],
+    arms: Sequence[Assignment | None],
+    catalog: Catalog,
+    scorer: PropensityScorer,
+    now: float,
+    session_gap_s: float,
+    learner: AdaptiveModels | None,
+) -> list[DecisionRecord]:
+    """Requests that share one scorer: one model run."""
     screens = [_screen(p, r, catalog, now, session_gap_s) for p, r in items]
     blocks: list[np.ndarray] = []
     for s in screens:
@@ -127,9 +176,9 @@ def decide_many(
         props = np.clip(np.nan_to_num(P, nan=0.0), 0.0, 1.0).tolist()
     version = str(getattr(scorer, "version", ""))
     out, start = [], 0
-    for s in screens:
+    for s, arm in zip(screens, arms):
         n = len(s.to_score)
-        out.append(_arbitrate(s, props[start : start + n], catalog, version, now, learner))
+        out.append(_arbitrate(s, props[start : start + n], catalog, version, now, learner, arm))
         start += n
     return out
 
@@ -206,12 +255,14 @@ def _arbitrate(
     model_version: str,
     now: float,
     learner: AdaptiveModels | None = None,
+    arm: Assignment | None = None,
 ) -> DecisionRecord:
     req, profile = s.request, s.profile
+    variant = arm.policy if arm is not None else "full"
     rows = []  # (net, priority, p, c, cand, column)
     it = iter(props)
     adaptive = None
-    if learner is not None and catalog.learning is not None:
+    if learner is not None and catalog.learning is not None and variant != "frozen":
         adaptive = _Adaptive(learner, catalog.learning)
     for cand, ctx in s.survivors:
         p = cand.propensity if cand.propensity is not None else next(it)
@@ -232,13 +283,17 @@ def _arbitrate(
             rows[col][2] = float(draws[0, k])
             if adaptive.none_key:
                 uplift_of[col] = float(draws[0, -1])
+    plain = variant == "propensity_only"  # P × C: no value, levers or cost
     for row in rows:
         p, c, cand = row[2], row[3], row[4]
+        if plain:
+            row[0] = row[1] = (p - uplift_of.get(row[5], 0.0)) * c
+            continue
         priority = (p - uplift_of.get(row[5], 0.0)) * c * cand.value * cand.levers
         row[0], row[1] = priority - cand.cost, priority
     probs, p_none = None, 1.0
-    if adaptive is not None and draws is not None and rows:
-        probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit)
+    if adaptive is not None and draws is not None and rows and variant not in _FIXED:
+        probs, p_none = _choice_probabilities(rows, adaptive, draws, catalog, req.limit, plain)
     rows.sort(key=_by_net)  # stable: ties keep channel order, then catalogue order
     explain = req.explain
     min_priority = catalog.arbitration.min_priority
@@ -246,12 +301,24 @@ def _arbitrate(
     offers_taken: dict[str, str] = {}  # offer id -> channel
     groups_taken: dict[str, str] = {}  # group -> offer id
     notes: list[tuple[str, str] | None] = []
+    picks: dict[int, float] | None = None
+    if variant == "random":
+        picks = _uniform_picks(rows, req.limit)
+        probs = picks
+        p_none = 0.0 if rows else 1.0
+    elif variant == "no_message":
+        p_none = 1.0
     for row in rows:
         if not explain and len(chosen) >= req.limit:
             break
         net, cand = row[0], row[4]
         note = None
-        if net < min_priority:
+        if variant in _FIXED:
+            if picks is None or row[5] not in picks:
+                if not explain:
+                    continue
+                note = (variant, f"the {arm.arm if arm else ''} arm's {variant} policy")
+        elif net < min_priority:
             note = ("min_priority", f"net value {net:.4g} is under the threshold {min_priority:g}")
         elif cand.offer_id in offers_taken:
             note = ("one_per_offer", f"{cand.offer_id} is chosen on {offers_taken[cand.offer_id]}, "
@@ -285,7 +352,7 @@ def _arbitrate(
     ]  # fmt: skip
     logged = [
         {"offer_id": c.offer_id, "channel": c.channel, "treatment": c.treatment_id,
-         "propensity": round(p, 6), "priority": round(pr, 4)}
+         "propensity": round(p, 6), "priority": round(pr, 4), "value": c.value, "cost": c.cost}
         for _, pr, p, _, c, _ in rows
     ]  # fmt: skip
     predictors = None
@@ -318,7 +385,33 @@ def _arbitrate(
         trace=trace,
         probability=1.0 if chosen else round(p_none, 6),
         predictors=predictors,
+        experiment=arm.experiment if arm is not None else None,
+        arm=arm.arm if arm is not None else None,
+        policy=variant,
     )
+
+
+_FIXED = ("random", "no_message")  # policies that do not pick by net value
+_RNG = np.random.default_rng()
+
+
+def _uniform_picks(rows: list[list], limit: int) -> dict[int, float]:
+    """The random policy: ``limit`` distinct offers uniformly, then one of each offer's
+    channel/treatment rows uniformly. Column -> the probability it was chosen with.
+    """
+    by_offer: dict[str, list[int]] = {}
+    for row in rows:
+        by_offer.setdefault(row[4].offer_id, []).append(row[5])
+    offers = list(by_offer)
+    k = min(limit, len(offers))
+    if k == 0:
+        return {}
+    out: dict[int, float] = {}
+    for j in _RNG.choice(len(offers), size=k, replace=False):
+        cols = by_offer[offers[int(j)]]
+        col = cols[int(_RNG.integers(len(cols)))]
+        out[col] = k / len(offers) / len(cols)
+    return out
 
 
 class _Adaptive:
@@ -429,21 +522,31 @@ class _Adaptive:
 
 
 def _choice_probabilities(
-    rows: list[list], adaptive: _Adaptive, draws: np.ndarray, catalog: Catalog, limit: int
+    rows: list[list],
+    adaptive: _Adaptive,
+    draws: np.ndarray,
+    catalog: Catalog,
+    limit: int,
+    plain: bool = False,
 ) -> tuple[np.ndarray | None, float]:
     """Per column, the probability the policy picks it; and of no action."""
     if draws.shape[0] == 1:  # greedy: deterministic
         return None, 1.0
     cols = adaptive.columns
     k = len(cols)
-    scale = np.array([rows[col][3] * rows[col][4].value * rows[col][4].levers for col in cols])
-    cost = np.array([rows[col][4].cost for col in cols])
+    if plain:  # propensity only: no value, levers or cost
+        scale = np.array([rows[col][3] for col in cols])
+        cost: np.ndarray | float = 0.0
+    else:
+        scale = np.array([rows[col][3] * rows[col][4].value * rows[col][4].levers for col in cols])
+        cost = np.array([rows[col][4].cost for col in cols])
     sampled = draws[:, :k] - draws[:, -1:] if adaptive.none_key else draws[:, :k]
     if k == len(rows):  # every candidate adaptive (columns are added in row order)
         net = sampled * scale - cost
     else:
         net = np.empty((draws.shape[0], len(rows)))
-        net[:] = [row[0] for row in rows]  # fixed candidates: the same value in every draw
+        for row in rows:  # fixed candidates: the same value in every draw
+            net[:, row[5]] = row[0]
         net[:, cols] = sampled * scale - cost
     cands = [row[4] for row in rows]
     return choice_probabilities(

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from models.decisioning.experiments import NO_EXPERIMENTS, Experiments, load_experiments
 from models.decisioning.policies import ContactPolicy, parse_contact_policy
 from models.decisioning.rules import (
     STAGES,
@@ -197,8 +198,10 @@ class Catalog:
         contact_policies: tuple[ContactPolicy, ...],
         arbitration: Arbitration,
         learning: LearningConfig | None = None,
+        experiments: Experiments = NO_EXPERIMENTS,
     ) -> None:
         self.version = version
+        self.experiments = experiments  # arms and the default control group (experiments.py)
         self.learning = learning  # adaptive models (models/learning/adaptive.py), or None
         self.description = description
         self.channels = channels
@@ -253,6 +256,7 @@ class Catalog:
             for offer in out["offers"]:
                 if offer["id"] in self.learning.offer_specs:
                     offer["adaptive"] = self.learning.offer_specs[offer["id"]]
+        out.update(self.experiments.to_dict())
         return copy.deepcopy(out)
 
     def _index_candidates(self) -> dict[tuple[str, str | None], tuple[CandidateSpec, ...]]:
@@ -307,8 +311,12 @@ class Catalog:
 # -- loading ------------------------------------------------------------------------
 
 
-def load_catalog(source: str | Path | dict) -> Catalog:
-    """Load and validate a catalogue from a YAML/JSON file path, YAML text, or a dict."""
+def load_catalog(source: str | Path | dict, previous: Catalog | None = None) -> Catalog:
+    """Load and validate a catalogue from a YAML/JSON file path, YAML text, or a dict.
+
+    ``previous``: the catalogue this one replaces; its experiments' bucket
+    allocations carry over, so changed shares move as few customers as possible.
+    """
     if isinstance(source, dict):
         data = source
     elif isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
@@ -322,7 +330,7 @@ def load_catalog(source: str | Path | dict) -> Catalog:
         data = _parse_text(source, json_=False)
     else:
         raise CatalogError("a catalogue source must be a path, YAML text or a mapping")
-    return _Loader(data).load()
+    return _Loader(data, previous.experiments if previous is not None else None).load()
 
 
 def _looks_like_path(text: str) -> bool:
@@ -397,15 +405,16 @@ class _Loader:
 
     TOP = frozenset(
         {"version", "description", "channels", "offers", "policies", "contact_policies",
-         "arbitration", "learning"}
+         "arbitration", "learning", "experiments", "control_group"}
     )  # fmt: skip
     OFFER = frozenset(
         {"id", "name", "description", "group", "value", "levers", "tags", "start", "end",
          "propensity", "treatments", "context_weights", "adaptive", *STAGES}
     )  # fmt: skip
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, previous: Experiments | None = None) -> None:
         self.data = _keys(data, "catalog", self.TOP, "a catalogue")
+        self.previous = previous
         self.channels: dict[str, Channel] = {}
         self.groups: dict[str, str] = {}  # offer id -> group, for group.* facts
         self.tags: set[str] = set()
@@ -429,9 +438,10 @@ class _Loader:
         learning = load_learning(
             self.data.get("learning"), {s["id"]: s for s in raw_offers}, self.groups.get
         )
+        experiments = load_experiments(self.data, self.channels, self.previous)
         return Catalog(
             version, description, self.channels, offers, global_rules, policies, arbitration,
-            learning,
+            learning, experiments,
         )  # fmt: skip
 
     # -- channels -----------------------------------------------------------------

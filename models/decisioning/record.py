@@ -7,6 +7,9 @@ Everything that describes a decision is derived from this record:
   (``GET /v1/decisions/{id}``), with every scored candidate, the chosen
   offers with the probability each was chosen with, and the outcomes
   attributed to it later;
+- :meth:`DecisionRecord.history_row` is its interaction-history row (the
+  schema ``rtim export history`` writes, documented in ``docs/history.md``),
+  and :func:`outcome_row` the row of an outcome attributed to it later;
 - :func:`to_builtins` / :func:`from_builtins` are its journal form.
 
 A fallback answer (the shard missed the deadline) is a record too
@@ -111,8 +114,15 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
         offers: list[dict],
         catalog_version: str,
         now: float,
+        arm: Any = None,
     ) -> DecisionRecord:
-        """The catalogue's fallback answer, for a shard that could not decide in time."""
+        """The catalogue's fallback answer, for a shard that could not decide in time.
+
+        ``arm``: the customer's experiment assignment (an ``Assignment``); a
+        holdout (``no_message``) arm gets no fallback offers either.
+        """
+        if arm is not None and arm.policy == "no_message":
+            offers = []
         return cls(
             decision_id=cls.new_id(),
             customer_id=customer_id,
@@ -133,6 +143,9 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
                 for o in offers
             ],
             fallback=True,
+            experiment=arm.experiment if arm is not None else None,
+            arm=arm.arm if arm is not None else None,
+            policy=arm.policy if arm is not None else "full",
         )
 
     @property
@@ -150,6 +163,8 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             "catalog_version": self.catalog_version,
             "model_version": self.model_version,
             "fallback": self.fallback,
+            "experiment": self.experiment,
+            "arm": self.arm,
         }
         if not self.offers:
             out["probability"] = self.probability
@@ -160,27 +175,31 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
             out["trace"] = self.trace
         return out
 
-    def log_entry(self) -> dict[str, Any]:
-        """The decision-log entry (``GET /v1/decisions/{id}``)."""
-        out: dict[str, Any] = {
+    def _header(self) -> dict[str, Any]:
+        """What every projection but the answer starts with."""
+        return {
             "decision_id": self.decision_id,
             "customer_id": self.customer_id,
             "ts": self.ts,
             "channels": list(self.channels),
             "catalog_version": self.catalog_version,
             "model_version": self.model_version,
-            "candidates": self.candidates,
-            "chosen": [
-                {
-                    "offer_id": o.offer_id,
-                    "channel": o.channel,
-                    "treatment": o.treatment,
-                    "probability": o.probability,
-                }
-                for o in self.offers
-            ],
-            "impressions": self.impressions,
+            "fallback": self.fallback,
+            "experiment": self.experiment,
+            "arm": self.arm,
+            "policy": self.policy,
         }
+
+    def log_entry(self) -> dict[str, Any]:
+        """The decision-log entry (``GET /v1/decisions/{id}``)."""
+        out = self._header()
+        out["candidates"] = self.candidates
+        out["chosen"] = [
+            {"offer_id": o.offer_id, "channel": o.channel, "treatment": o.treatment,
+             "probability": o.probability}
+            for o in self.offers
+        ]  # fmt: skip
+        out["impressions"] = self.impressions
         if not self.offers:
             out["probability"] = self.probability
         if self.predictors:
@@ -188,6 +207,34 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
         if self.outcomes:
             out["outcomes"] = [msgspec.structs.asdict(o) for o in self.outcomes]
         return out
+
+    def history_row(self, context: dict | None) -> dict[str, Any]:
+        """The interaction-history row, without outcomes (they are rows of their own)."""
+        candidates = [
+            {"offer_id": c["offer_id"], "channel": c["channel"], "treatment": c["treatment"],
+             "propensity": c["propensity"], "priority": c["priority"],
+             "value": c.get("value"), "cost": c.get("cost")}
+            for c in self.candidates
+        ]  # fmt: skip
+        chosen = [
+            {"offer_id": o.offer_id, "channel": o.channel, "treatment": o.treatment,
+             "probability": o.probability, "propensity": o.propensity, "value": o.value}
+            for o in self.offers
+        ]  # fmt: skip
+        return {
+            **self._header(),
+            "candidates": candidates,
+            "chosen": chosen,
+            "probability": self.probability,  # of no message; meaningful when chosen is []
+            "context": context,
+        }
+
+    def value_of(self, offer_id: str | None) -> float | None:
+        """The value of one of the chosen offers (None if it chose no such offer)."""
+        for o in self.offers:
+            if o.offer_id == offer_id:
+                return o.value
+        return None
 
     # -- outcomes ---------------------------------------------------------------------
 
@@ -206,6 +253,16 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
         if len(self.outcomes) < MAX_OUTCOMES:
             self.outcomes.append(Outcome(offer_id, outcome, ts))
         return offer_id
+
+
+def outcome_row(
+    decision_id: str, customer_id: str, offer_id: str | None, outcome: str, ts: float,
+    positive: bool, value: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """An outcome's history row; the export joins it into its decision's ``outcomes``."""
+    return {"kind": "outcome", "decision_id": decision_id, "customer_id": customer_id,
+            "offer_id": offer_id, "outcome": outcome, "ts": ts, "positive": positive,
+            "value": value}  # fmt: skip
 
 
 def to_builtins(record: DecisionRecord) -> dict[str, Any]:

@@ -233,32 +233,82 @@ def add_campaign_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_campaign_run)
 
 
+def instant(text: str, now: float) -> float:
+    """``--since``/``--until``: unix seconds, ISO 8601, ``now``, or a duration ago (``24h``)."""
+    from datetime import datetime
+
+    from models.decisioning.facts import parse_duration
+
+    text = text.strip()
+    if text == "now":
+        return now
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text[-1:] in "smhdw" and text[:-1].replace(".", "", 1).isdigit():
+        return now - parse_duration(text)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"cannot read the time {text!r}; give unix seconds, ISO 8601 "
+                         "or a duration such as 24h") from None  # fmt: skip
+
+
+def _export_history(args: argparse.Namespace) -> int:
+    import time
+
+    from serving.bulk.export import EXIT_USAGE
+    from serving.bulk.history_export import HistoryExportOptions, run_history_export
+
+    try:
+        now = time.time()
+        options = HistoryExportOptions(
+            out=Path(args.out or f"history.{args.format}"),
+            since=instant(args.since, now),
+            until=instant(args.until, now),
+            fmt=args.format,
+            **_export_client(args),
+        )
+    except ValueError as exc:
+        print(f"rtim export history: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    code, summary = run_history_export(options)
+    return _report(args, code, summary, "rtim export history", "rows", "decisions")
+
+
+def _export_client(args: argparse.Namespace) -> dict:
+    """The options every export takes from the shared client arguments."""
+    return {"url": args.url, "api_key": args.api_key, "page_size": args.batch_size,
+            "retry_for_s": args.retry_for, "quiet": args.quiet}  # fmt: skip
+
+
+def _report(
+    args: argparse.Namespace, code: int, summary: dict, job: str, key: str, what: str
+) -> int:
+    """An export's summary line (or JSON with ``--json``); the exit code."""
+    if args.json:
+        print(json.dumps({"exit_code": code, **summary}))
+    elif code == 0:
+        print(
+            f"{job}: {summary[key]:,} {what} -> {summary['out']} in "
+            f"{summary['seconds']} s ({summary[key + '_per_s']:,.0f} {what}/s)"
+        )
+    return code
+
+
 def _export_profiles(args: argparse.Namespace) -> int:
     from serving.bulk.export import EXIT_USAGE, ExportOptions, run_export
 
     try:
         options = ExportOptions(
-            url=args.url,
-            api_key=args.api_key,
-            out=Path(args.out),
-            fmt=args.format,
-            segment=args.segment,
-            page_size=args.batch_size,
-            retry_for_s=args.retry_for,
-            quiet=args.quiet,
+            out=Path(args.out), fmt=args.format, segment=args.segment, **_export_client(args)
         )
     except ValueError as exc:
         print(f"rtim export: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code, summary = run_export(options)
-    if args.json:
-        print(json.dumps({"exit_code": code, **summary}))
-    elif code == 0:
-        print(
-            f"rtim export: {summary['profiles']:,} profiles -> {summary['out']} in "
-            f"{summary['seconds']} s ({summary['profiles_per_s']:,.0f} profiles/s)"
-        )
-    return code
+    return _report(args, code, summary, "rtim export", "profiles", "profiles")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -272,3 +322,17 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     add_api_key_argument(p)
     add_client_options(p, batch=(1000, "profiles per request"), concurrency=1)
     p.set_defaults(func=_export_profiles)
+    h = esub.add_parser(
+        "history", help="the interaction history of a time range (decisions joined with outcomes)"
+    )
+    h.add_argument(
+        "--since", required=True, help="unix seconds, ISO 8601, or a duration ago (24h, 7d)"
+    )
+    h.add_argument("--until", default="now", help="unix seconds, ISO 8601, a duration ago, or now")
+    h.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    h.add_argument("--out", help="output file (.jsonl, .jsonl.gz or .parquet); "
+                                 "default history.<format>")  # fmt: skip
+    h.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    add_api_key_argument(h)
+    add_client_options(h, batch=(2000, "rows per request"), concurrency=1)
+    h.set_defaults(func=_export_history)

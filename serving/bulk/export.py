@@ -23,9 +23,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import httpx
 
@@ -37,6 +38,7 @@ from serving.credentials import client_headers
 
 JSON_COLUMNS = ("attributes", "consents", "counters", "last", "history")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER_GONE = 0, 1, 2, 3
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,7 +59,9 @@ class ExportOptions:
             raise ValueError("page size must be 1..10000")
 
 
-class _JsonlSink:
+class JsonlSink:
+    """One JSON object per line; gzipped when the final name ends in ``.gz``."""
+
     def __init__(self, path: Path) -> None:
         if path.name.endswith(".partial") and path.name[: -len(".partial")].endswith(".gz"):
             self._f: Any = gzip.open(path, "wt", encoding="utf-8")  # noqa: SIM115 (closed by close)
@@ -102,48 +106,90 @@ class _ParquetSink:
         self._writer.close()
 
 
-async def _export(options: ExportOptions, rule: dict | None, log: TextIO) -> tuple[int, float]:
-    progress = Progress("export", log, quiet=options.quiet)
-    tmp = options.out.with_name(options.out.name + ".partial")
-    sink = _ParquetSink(tmp) if options.fmt == "parquet" else _JsonlSink(tmp)
+class Sink(Protocol):
+    def write(self, rows: list[dict[str, Any]]) -> None: ...
+    def close(self) -> None: ...
+
+
+Pages = AsyncIterator[tuple[list[dict[str, Any]], float | None]]
+
+
+async def stream_to_file(
+    out: Path, open_sink: Callable[[Path], Sink], pages: Pages, progress: Progress
+) -> int:
+    """Write each page of rows as it comes, under a temporary name renamed at the end.
+
+    ``pages`` yields ``(rows, fraction done)``; a failure removes the partial
+    file, so a file at ``out`` is always a whole export. Returns the rows written.
+    """
+    tmp = out.with_name(out.name + ".partial")
+    sink = open_sink(tmp)
     written = 0
-    started = time.monotonic()
     try:
-        async with httpx.AsyncClient(
-            base_url=options.url, timeout=120.0, headers=client_headers(options.api_key)
-        ) as client:
-            sender = RetryingClient(client, options.retry_for_s, options.quiet, "export")
-            shard, shards, after = 0, 1, None
-            while shard < shards:
-                status, body = await sender.post(
-                    "/v1/segments/members",
-                    {
-                        "rule": rule,
-                        "shard": shard,
-                        "after": after,
-                        "limit": options.page_size,
-                        "profiles": True,
-                    },
-                )
-                if status != 200:
-                    raise ImportAborted(f"the server refused the export (HTTP {status}): {body}")
-                shards = body["shards"]
-                profiles = [p for p in body["profiles"] if p is not None]
-                if profiles:
-                    sink.write(profiles)
-                    written += len(profiles)
-                after = body["next"]
-                if after is None:
-                    shard += 1
-                progress.update(written, shard / shards)
+        async for rows, fraction in pages:
+            if rows:
+                sink.write(rows)
+                written += len(rows)
+            progress.update(written, fraction)
     except BaseException:
         sink.close()
         tmp.unlink(missing_ok=True)
         raise
     sink.close()
-    os.replace(tmp, options.out)
+    os.replace(tmp, out)
     progress.finish(written, 1.0)
+    return written
+
+
+def open_sink(fmt: str, parquet: Callable[[Path], Sink]) -> Callable[[Path], Sink]:
+    return parquet if fmt == "parquet" else JsonlSink
+
+
+def client_for(url: str, api_key: str | None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, timeout=120.0, headers=client_headers(api_key))
+
+
+async def _profile_pages(sender: RetryingClient, rule: dict | None, page_size: int) -> Pages:
+    shard, shards, after = 0, 1, None
+    while shard < shards:
+        status, body = await sender.post(
+            "/v1/segments/members",
+            {"rule": rule, "shard": shard, "after": after, "limit": page_size,
+             "profiles": True},
+        )  # fmt: skip
+        if status != 200:
+            raise ImportAborted(f"the server refused the export (HTTP {status}): {body}")
+        shards = body["shards"]
+        after = body["next"]
+        if after is None:
+            shard += 1
+        yield [p for p in body["profiles"] if p is not None], shard / shards
+
+
+async def _export(options: ExportOptions, rule: dict | None, log: TextIO) -> tuple[int, float]:
+    progress = Progress("export", log, quiet=options.quiet)
+    started = time.monotonic()
+    async with client_for(options.url, options.api_key) as client:
+        sender = RetryingClient(client, options.retry_for_s, options.quiet, "export")
+        written = await stream_to_file(
+            options.out, open_sink(options.fmt, _ParquetSink),
+            _profile_pages(sender, rule, options.page_size), progress,
+        )  # fmt: skip
     return written, time.monotonic() - started
+
+
+def run_streaming(
+    job: str, export: Callable[[], Awaitable[T]], log: TextIO
+) -> tuple[int, T | None]:
+    """Run an export coroutine; ``(exit code, result)`` with the failure said on ``log``."""
+    try:
+        return EXIT_OK, asyncio.run(export())
+    except ServerGone as exc:
+        print(f"\nrtim {job}: {exc}; nothing was written, run it again", file=log)
+        return EXIT_SERVER_GONE, None
+    except ImportAborted as exc:
+        print(f"\nrtim {job}: {exc}", file=log)
+        return EXIT_FAILED, None
 
 
 def run_export(options: ExportOptions, log: TextIO | None = None) -> tuple[int, dict[str, Any]]:
@@ -162,14 +208,10 @@ def run_export(options: ExportOptions, log: TextIO | None = None) -> tuple[int, 
     except ImportError:
         print("rtim export: Parquet needs pyarrow: pip install 'rtim[bulk]'", file=log)
         return EXIT_USAGE, {}
-    try:
-        written, seconds = asyncio.run(_export(options, rule, log))
-    except ServerGone as exc:
-        print(f"\nrtim export: {exc}; nothing was written, run it again", file=log)
-        return EXIT_SERVER_GONE, {}
-    except ImportAborted as exc:
-        print(f"\nrtim export: {exc}", file=log)
-        return EXIT_FAILED, {}
+    code, result = run_streaming("export", lambda: _export(options, rule, log), log)
+    if result is None:
+        return code, {}
+    written, seconds = result
     rate = written / seconds if seconds > 0 else 0.0
     return EXIT_OK, {
         "profiles": written,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -38,7 +39,7 @@ def _decode(resp: httpx.Response) -> Any:
 
 
 class RetryingClient:
-    """Posts msgpack bodies; retries what is retryable for ``retry_for_s``."""
+    """Posts msgpack bodies (or GETs); retries what is retryable for ``retry_for_s``."""
 
     def __init__(
         self, client: httpx.AsyncClient, retry_for_s: float, quiet: bool, job: str
@@ -52,10 +53,19 @@ class RetryingClient:
         """``(status, decoded body)`` of one POST, retrying server trouble with backoff."""
         body = msgpack.packb(payload, use_bin_type=True)
         headers = {"content-type": "application/msgpack", "accept": "application/json"}
+        return await self._send(lambda: self.client.post(path, content=body, headers=headers))
+
+    async def get(self, path: str, params: dict[str, Any]) -> tuple[int, Any]:
+        """``(status, decoded body)`` of one GET (msgpack answer), retried like :meth:`post`."""
+        query = {k: v for k, v in params.items() if v is not None}
+        headers = {"accept": "application/msgpack"}
+        return await self._send(lambda: self.client.get(path, params=query, headers=headers))
+
+    async def _send(self, request: Callable[[], Awaitable[httpx.Response]]) -> tuple[int, Any]:
         delay, first_failure = 0.25, None
         while True:
             try:
-                resp = await self.client.post(path, content=body, headers=headers)
+                resp = await request()
                 if resp.status_code not in RETRYABLE_STATUS:
                     return resp.status_code, _decode(resp)
                 problem = f"HTTP {resp.status_code}"

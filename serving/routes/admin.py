@@ -49,7 +49,9 @@ async def put_catalog(request: Request) -> Response:
         if not isinstance(data, dict):
             # Never a path or text for load_catalog to open on the server.
             raise CatalogError("a catalogue must be a mapping (JSON object or YAML)", None)
-        catalog = await asyncio.to_thread(load_catalog, data)  # CatalogError → 422
+        # Experiments keep the active catalogue's bucket allocations (fewest moves).
+        active = load_catalog(await ing.region.coordinator.get_catalog.remote())
+        catalog = await asyncio.to_thread(load_catalog, data, active)  # CatalogError → 422
     except RtimError as exc:
         await audit(request, "catalog.replace", None, f"refused: {exc.code}")
         raise

@@ -102,9 +102,15 @@ def declared_experiments(catalog: Catalog) -> dict[str, dict[str, Any]]:
     Read from the catalogue's own form (``experiments:`` as a list or a map);
     an empty map when it declares none.
     """
+    out: dict[str, dict[str, Any]] = {}
+    control = catalog.experiments.control  # the default control group, an experiment too
+    if control is not None:
+        out[control.name] = {
+            "control": control.control,
+            "arms": {a.name: {"share": a.share, "policy": a.policy} for a in control.arms},
+        }
     raw = catalog.to_dict().get("experiments") or {}
     items = raw.items() if isinstance(raw, Mapping) else ((e.get("name"), e) for e in raw)
-    out: dict[str, dict[str, Any]] = {}
     for name, spec in items:
         if not isinstance(name, str) or not isinstance(spec, Mapping):
             continue
