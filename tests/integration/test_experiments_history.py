@@ -282,3 +282,43 @@ def test_export_times_read_seconds_iso_and_durations_ago() -> None:
     assert instant("2026-11-25T00:00:00Z", 0.0) == 1795564800.0
     with pytest.raises(ValueError):
         instant("yesterday-ish", 0.0)
+
+
+async def test_the_experiments_report_counts_each_arm_and_the_lift_against_control(
+    experiments, client: httpx.AsyncClient
+) -> None:
+    """Decisions made under the experiment's arms, answered, show per arm in the report."""
+
+    async def arms_report() -> dict[str, dict]:
+        r = await client.get("/v1/reports/experiments")
+        assert r.status_code == 200, r.text
+        found = {e["name"]: e for e in r.json()["experiments"]}
+        assert {"nba_test", "control"} <= set(found), found.keys()
+        return {a["arm"]: a for a in found["nba_test"]["arms"]}
+
+    before = await arms_report()
+    customers = [f"rep-{uuid.uuid4().hex[:8]}-{i}" for i in range(60)]
+    expected = arms_of(customers)
+    r = await client.post("/v1/decide/batch", json={"customer_ids": customers, "channel": "web"})
+    assert r.status_code == 200, r.text
+    decided, positive = {}, {}
+    events = []
+    for i, d in enumerate(r.json()["decisions"]):
+        assert d["arm"] == expected[d["customer_id"]]
+        decided[d["arm"]] = decided.get(d["arm"], 0) + 1
+        if i % 2 == 0:  # every other customer answers (or buys anyway, when held out)
+            positive[d["arm"]] = positive.get(d["arm"], 0) + 1
+            events.append({"event_id": uuid.uuid4().hex, "customer_id": d["customer_id"],
+                           "type": "response", "decision_id": d["decision_id"],
+                           "attributes": {"outcome": "accepted"}})  # fmt: skip
+    r = await client.post("/v1/events", json={"events": events})
+    assert r.status_code == 200, r.text
+    after = await arms_report()
+    for arm, n in decided.items():
+        assert after[arm]["decisions"] - before.get(arm, {}).get("decisions", 0) == n, arm
+        got = after[arm]["positives"] - before.get(arm, {}).get("positives", 0)
+        assert got == positive.get(arm, 0), (arm, after[arm], before.get(arm))
+    assert after["holdout"]["lift"] is None  # the control arm
+    lifted = after["nba"]["lift"]
+    assert lifted is not None and lifted["success_rate"] is not None
+    assert lifted["success_rate"]["ci_low"] <= lifted["success_rate"]["estimate"]
