@@ -4,12 +4,13 @@ The scenario runs in a subprocess (``multinode_scenario.py``: one Ray
 cluster per process) on a local ``ray.cluster_utils.Cluster`` with a data
 directory all nodes share, under continuous events and decides.
 
-Part of ``make test`` again (marker ``multinode``; ``-m 'not multinode'``
-skips it). It used to fail intermittently: after a node loss the restarted
-coordinator could run a resumed copy of a move beside the drain's move job,
-and shards ended at an epoch the coordinator never gave out, so some
-customers' events were refused for good. The coordinator now runs one job
-at a time (``test_move_crashes.py`` reproduces that case on one node).
+Not part of ``make test`` (marker ``multinode``; run it with
+``make test PYTEST_ARGS="-m multinode"``). The lost-acknowledgement failure
+it used to show is fixed (the restarted coordinator ran two layout jobs at
+once; ``test_move_crashes.py`` reproduces that case on one node), but its
+drain step is flaky on a 2-core machine: Ray's soft node affinity can keep
+starting the drained node's shard on that node, and the drain then stops
+with ``MoveStalled`` (seen on the final fresh-clone CI run of 2026-11-25).
 """
 
 from __future__ import annotations
