@@ -11,6 +11,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 import ray
 from tests_support import auth_headers, on_other_shards, replica_urls
 
@@ -46,76 +47,82 @@ async def post_events(client: httpx.AsyncClient, events: list[dict]) -> None:
     assert r.status_code == 200, r.text
 
 
-async def test_models_learn_on_every_shard_merge_and_show(
-    client: httpx.AsyncClient, server_settings: Settings
-) -> None:
+@pytest.fixture
+async def learning_catalogue(client: httpx.AsyncClient):
+    """The learning catalogue for one test; the demo catalogue back on every replica after."""
     original = (await client.get("/v1/catalog")).json()
     r = await client.put("/v1/admin/catalog", json=learning_catalog())
     assert r.status_code == 200, r.text
     try:
-        pmap = PartitionMap.initial(server_settings.partitions, 2)
-        cids = [f"learner-{uuid.uuid4().hex[:8]}" for _ in range(40)]
-        assert len({pmap.shard_of(c) for c in cids}) == 2  # both shards see responses
-        await post_events(client, [
-            {"event_id": uuid.uuid4().hex, "customer_id": c, "type": "profile_update",
-             "attributes": {"segment": SEGMENTS[i % 2]}}
-            for i, c in enumerate(cids)
-        ])  # fmt: skip
-        responses, positives = [], 0
-        for i, c in enumerate(cids):
-            body = {"customer_id": c, "channel": "web", "deadline_ms": 5000}
-            d = (await client.post("/v1/decide", json=body)).json()
-            assert not d["fallback"]
-            offer = d["offers"][0]
-            assert d["decision_id"] and 0 < offer["probability"] <= 1
-            # The young take the card, seniors the pension.
-            good = (offer["offer_id"] == "card") == (SEGMENTS[i % 2] == "young")
-            positives += good
-            outcome = "accepted" if good else "rejected"
-            responses.append(
-                {"event_id": uuid.uuid4().hex, "customer_id": c, "type": "response",
-                 "decision_id": d["decision_id"], "attributes": {"outcome": outcome}}
-            )  # fmt: skip
-        await post_events(client, responses)
-        await post_events(client, responses[:5])  # duplicates learn nothing
-
-        body = (await client.get("/v1/models/adaptive")).json()
-        assert {m["model"] for m in body["models"]} == {"card@web", "pension@web"}
-        assert sum(m["responses"] for m in body["models"]) == len(cids)
-        assert sum(m["positives"] for m in body["models"]) == positives
-        assert body["responses"]["learned"] == len(cids)
-        one = (await client.get("/v1/models/adaptive/card@web")).json()
-        assert one["responses"] > 0 and 0 < one["maturity"] < 1
-
-        # Every shard decides with what both learned, within the merge interval.
-        shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(2)]
-        deadline = time.time() + 15
-        while True:
-            views = await asyncio.gather(*(s.adaptive_models.remote() for s in shards))
-            totals = [sum(m["responses"] for m in v["models"]) for v in views]
-            if totals == [len(cids)] * 2 or time.time() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        assert totals == [len(cids)] * 2
-
-        r = await client.post("/v1/models/adaptive/card@web/freeze", json={"frozen": "yes"})
-        assert r.status_code == 400 and r.json()["error"]["field"] == "frozen"
-        r = await client.post("/v1/models/adaptive/card@web/reset")
-        assert r.status_code == 200
-        after = (await client.get("/v1/models/adaptive/card@web")).json()
-        assert after["responses"] == 0
-        assert (await client.get("/v1/models/adaptive/nope@web")).status_code == 404
-
-        explain = await client.post(
-            "/v1/decide",
-            json={"customer_id": cids[1], "channel": "web", "explain": True, "deadline_ms": 5000},
-        )
-        rows = [t for t in explain.json()["trace"] if t["stage"] == "arbitration"]
-        assert all({"prior", "learned", "sampled"} <= set(t) for t in rows)
+        yield
     finally:
         r = await client.put("/v1/admin/catalog", json=original)
         assert r.status_code == 200, r.text
         await refresh_every_replica()
+
+
+async def test_models_learn_on_every_shard_merge_and_show(
+    learning_catalogue, client: httpx.AsyncClient, server_settings: Settings
+) -> None:
+    pmap = PartitionMap.initial(server_settings.partitions, 2)
+    cids = [f"learner-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+    assert len({pmap.shard_of(c) for c in cids}) == 2  # both shards see responses
+    await post_events(client, [
+        {"event_id": uuid.uuid4().hex, "customer_id": c, "type": "profile_update",
+         "attributes": {"segment": SEGMENTS[i % 2]}}
+        for i, c in enumerate(cids)
+    ])  # fmt: skip
+    responses, positives = [], 0
+    for i, c in enumerate(cids):
+        body = {"customer_id": c, "channel": "web", "deadline_ms": 5000}
+        d = (await client.post("/v1/decide", json=body)).json()
+        assert not d["fallback"]
+        offer = d["offers"][0]
+        assert d["decision_id"] and 0 < offer["probability"] <= 1
+        # The young take the card, seniors the pension.
+        good = (offer["offer_id"] == "card") == (SEGMENTS[i % 2] == "young")
+        positives += good
+        outcome = "accepted" if good else "rejected"
+        responses.append(
+            {"event_id": uuid.uuid4().hex, "customer_id": c, "type": "response",
+             "decision_id": d["decision_id"], "attributes": {"outcome": outcome}}
+        )  # fmt: skip
+    await post_events(client, responses)
+    await post_events(client, responses[:5])  # duplicates learn nothing
+
+    body = (await client.get("/v1/models/adaptive")).json()
+    assert {m["model"] for m in body["models"]} == {"card@web", "pension@web"}
+    assert sum(m["responses"] for m in body["models"]) == len(cids)
+    assert sum(m["positives"] for m in body["models"]) == positives
+    assert body["responses"]["learned"] == len(cids)
+    one = (await client.get("/v1/models/adaptive/card@web")).json()
+    assert one["responses"] > 0 and 0 < one["maturity"] < 1
+
+    # Every shard decides with what both learned, within the merge interval.
+    shards = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(2)]
+    deadline = time.time() + 15
+    while True:
+        views = await asyncio.gather(*(s.adaptive_models.remote() for s in shards))
+        totals = [sum(m["responses"] for m in v["models"]) for v in views]
+        if totals == [len(cids)] * 2 or time.time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert totals == [len(cids)] * 2
+
+    r = await client.post("/v1/models/adaptive/card@web/freeze", json={"frozen": "yes"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "frozen"
+    r = await client.post("/v1/models/adaptive/card@web/reset")
+    assert r.status_code == 200
+    after = (await client.get("/v1/models/adaptive/card@web")).json()
+    assert after["responses"] == 0
+    assert (await client.get("/v1/models/adaptive/nope@web")).status_code == 404
+
+    explain = await client.post(
+        "/v1/decide",
+        json={"customer_id": cids[1], "channel": "web", "explain": True, "deadline_ms": 5000},
+    )
+    rows = [t for t in explain.json()["trace"] if t["stage"] == "arbitration"]
+    assert all({"prior", "learned", "sampled"} <= set(t) for t in rows)
 
 
 async def refresh_every_replica() -> None:
@@ -147,46 +154,38 @@ async def test_response_with_an_unknown_outcome_names_the_field(client: httpx.As
 
 
 async def test_responses_after_a_merge_still_teach_the_model(
-    client: httpx.AsyncClient, server_settings: Settings
+    learning_catalogue, client: httpx.AsyncClient, server_settings: Settings
 ) -> None:
     """Decided for an anonymous visitor, answered after login (another shard): learned once."""
-    original = (await client.get("/v1/catalog")).json()
-    r = await client.put("/v1/admin/catalog", json=learning_catalog())
-    assert r.status_code == 200, r.text
-    try:
-        decided = []
-        pairs = [on_other_shards(server_settings) for _ in range(3)]
-        for cookie, account in pairs:
-            body = {"identifiers": {"cookie": cookie}, "channel": "web", "deadline_ms": 5000}
-            d = (await client.post("/v1/decide", json=body)).json()
-            assert not d["fallback"] and d["offers"], d
-            decided.append(d["decision_id"])
-            await post_events(client, [
-                {"event_id": uuid.uuid4().hex, "customer_id": account, "type": "profile_update",
-                 "attributes": {"segment": "young"}},
-                {"event_id": uuid.uuid4().hex, "type": "identify",
-                 "identifiers": {"cookie": cookie, "account": account}},
-            ])  # fmt: skip
-        before = (await client.get("/v1/models/adaptive")).json()["responses"]
-        # One answers under the account, one under the cookie, one twice (a retry).
-        (_, a0), (c1, _), (_, a2) = pairs
-        responses = [
-            {"event_id": f"r-{decided[0]}", "customer_id": a0, "type": "response",
-             "decision_id": decided[0], "attributes": {"outcome": "accepted"}},
-            {"event_id": f"r-{decided[1]}", "identifiers": {"cookie": c1}, "type": "response",
-             "decision_id": decided[1], "attributes": {"outcome": "rejected"}},
-            {"event_id": f"r-{decided[2]}", "customer_id": a2, "type": "response",
-             "decision_id": decided[2], "attributes": {"outcome": "clicked"}},
-        ]  # fmt: skip
-        await post_events(client, responses)
-        await post_events(client, responses[2:])
-        after = (await client.get("/v1/models/adaptive")).json()["responses"]
-        assert after["learned"] - before["learned"] == 3, (before, after)
-        assert after["unknown_decision"] == before["unknown_decision"]
-        entry = (await client.get(f"/v1/decisions/{decided[0]}")).json()
-        assert entry["customer_id"] == a0
-        assert [o["outcome"] for o in entry["outcomes"]] == ["accepted"]
-    finally:
-        r = await client.put("/v1/admin/catalog", json=original)
-        assert r.status_code == 200, r.text
-        await refresh_every_replica()
+    decided = []
+    pairs = [on_other_shards(server_settings) for _ in range(3)]
+    for cookie, account in pairs:
+        body = {"identifiers": {"cookie": cookie}, "channel": "web", "deadline_ms": 5000}
+        d = (await client.post("/v1/decide", json=body)).json()
+        assert not d["fallback"] and d["offers"], d
+        decided.append(d["decision_id"])
+        await post_events(client, [
+            {"event_id": uuid.uuid4().hex, "customer_id": account, "type": "profile_update",
+             "attributes": {"segment": "young"}},
+            {"event_id": uuid.uuid4().hex, "type": "identify",
+             "identifiers": {"cookie": cookie, "account": account}},
+        ])  # fmt: skip
+    before = (await client.get("/v1/models/adaptive")).json()["responses"]
+    # One answers under the account, one under the cookie, one twice (a retry).
+    (_, a0), (c1, _), (_, a2) = pairs
+    responses = [
+        {"event_id": f"r-{decided[0]}", "customer_id": a0, "type": "response",
+         "decision_id": decided[0], "attributes": {"outcome": "accepted"}},
+        {"event_id": f"r-{decided[1]}", "identifiers": {"cookie": c1}, "type": "response",
+         "decision_id": decided[1], "attributes": {"outcome": "rejected"}},
+        {"event_id": f"r-{decided[2]}", "customer_id": a2, "type": "response",
+         "decision_id": decided[2], "attributes": {"outcome": "clicked"}},
+    ]  # fmt: skip
+    await post_events(client, responses)
+    await post_events(client, responses[2:])
+    after = (await client.get("/v1/models/adaptive")).json()["responses"]
+    assert after["learned"] - before["learned"] == 3, (before, after)
+    assert after["unknown_decision"] == before["unknown_decision"]
+    entry = (await client.get(f"/v1/decisions/{decided[0]}")).json()
+    assert entry["customer_id"] == a0
+    assert [o["outcome"] for o in entry["outcomes"]] == ["accepted"]
