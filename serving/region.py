@@ -151,20 +151,38 @@ class ShardRegion:
             self.inflight[shard] -= 1
 
     async def _invoke_once(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
+        return await self._retrying(shard, method, (*args, self.epoch), deadline, stale=True)
+
+    async def ask(self, shard: int, method: str, *args: Any, timeout_s: float = 30.0) -> Any:
+        """``method(*args)`` on one shard, no epoch: reads and admin calls.
+
+        Retried like a routed call while the actor restarts (a replica whose
+        handle has not seen the restart yet gets ``ActorUnavailableError`` on
+        its first call), answer decoded; ``Unavailable`` after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        return decode(await self._retrying(shard, method, args, deadline), f"shard {shard}")
+
+    async def _retrying(
+        self, shard: int, method: str, args: tuple, deadline: float, stale: bool = False
+    ) -> Any:
         delay = 0.05
         while True:
             if shard >= len(self.shards):  # routed by a map from before shards were retired
-                return StaleEpoch(self.epoch + 1)
+                if stale:
+                    return StaleEpoch(self.epoch + 1)
+                raise Unavailable(f"shard {shard} was retired; retry", code="rebalancing")
             try:
-                ref = getattr(self.shards[shard], method).remote(*args, self.epoch)
+                ref = getattr(self.shards[shard], method).remote(*args)
                 remaining = max(deadline - time.monotonic(), 0.001)
                 return await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
                 if isinstance(exc, ActorDiedError):
-                    # Dead for good: a retired shard? Then a newer map routes elsewhere.
+                    # Dead for good: a retired shard, or moved to another node
+                    # (rtim rebalance)? Then a newer topology has its new handle.
                     epoch = self.epoch
                     await self.refresh(epoch)
-                    if self.epoch != epoch:
+                    if stale and self.epoch != epoch:
                         return StaleEpoch(self.epoch)
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
@@ -314,19 +332,11 @@ class ShardRegion:
 
     async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
         """``method(*args)`` on every profile shard, answers decoded, in shard order."""
-
-        async def one(i: int, h: Any) -> Any:
-            try:
-                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
-            except ActorDiedError:  # moved to another node (rtim rebalance): a new handle
-                await self.refresh(self.epoch)
-                if i >= len(self.shards):  # retired meanwhile
-                    raise
-                h = self.shards[i]
-                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
-            return decode(reply, f"shard {i}")
-
-        return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(self.shards))))
+        return list(
+            await asyncio.gather(
+                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
+            )
+        )
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         pings = await ping_each(self.shards, timeout_s)
