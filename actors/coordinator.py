@@ -264,17 +264,27 @@ class ShardCoordinatorImpl:
         """
         if self.resumed is None:
             if self.move:
-                self.resumed = self._start(self._run_job([], None))
+                self.resumed = self._start(self._run_job([], None), self._job_progress([], None))
             else:
                 self.resumed = asyncio.get_running_loop().create_task(self._sync_shards())
 
-    def _start(self, job: Coroutine[Any, Any, None]) -> asyncio.Task:
-        """Run ``job`` as the one scaling or move job (there is never a second)."""
+    def _start(self, job: Coroutine[Any, Any, None], progress: Progress) -> asyncio.Task:
+        """Run ``job`` as the one scaling or move job (there is never a second).
+
+        Its progress is in place before the task first runs: a progress
+        request in between (the first call a restarted coordinator answers
+        may be one) must say "running", not the previous job's "done".
+        """
         if self._busy():
             job.close()
             raise RuntimeError("a scaling or move job is running already")
+        progress.started_at = time.time()
+        self.progress = progress
         self.job = asyncio.get_running_loop().create_task(job)
         return self.job
+
+    def _job_progress(self, moves: list[Move], shards: int | None) -> Progress:
+        return Progress(True, shards, len(moves) + bool(self.move))
 
     async def _sync_shards(self) -> None:
         """After a crash between persisting a map and pushing it: push it, forget old exports."""
@@ -293,7 +303,7 @@ class ShardCoordinatorImpl:
     def _refusal(self, shards: int | None = None) -> Failed | None:
         self._resume()
         if self.move and not self._busy():  # a move that stalled earlier: try it again
-            self._start(self._run_job([], None))
+            self._start(self._run_job([], None), self._job_progress([], None))
         if self._busy() or self.move:
             return Failed(
                 "move_in_progress",
@@ -314,7 +324,7 @@ class ShardCoordinatorImpl:
         if refused:
             return refused
         moves = moves_for(self.map, shards, self.settings.move_partitions)
-        self._start(self._run_job(moves, shards))
+        self._start(self._run_job(moves, shards), self._job_progress(moves, shards))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -335,7 +345,7 @@ class ShardCoordinatorImpl:
         k = self.settings.move_partitions
         moves = [Move(src, to, tuple(ps[i : i + k]))
                  for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
-        self._start(self._run_job(moves, None))
+        self._start(self._run_job(moves, None), self._job_progress(moves, None))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -349,8 +359,7 @@ class ShardCoordinatorImpl:
 
     async def _run_job(self, moves: list[Move], shards: int | None) -> None:
         """Run ``moves`` one after another (after a half-done one), then add/retire shards."""
-        p = self.progress = Progress(True, shards, len(moves) + bool(self.move))
-        p.started_at = time.time()
+        p = self.progress
         resumed = self.resumed
         if resumed is not None and resumed is not asyncio.current_task():
             await asyncio.wait([resumed])  # the start-up sync pushes the map first
@@ -525,13 +534,15 @@ class ShardCoordinatorImpl:
             plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
         except ValueError as exc:
             return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
-        self._start(self._relocate_all(plan, frozenset({drain} if drain else ())))
+        self._start(
+            self._relocate_all(plan, frozenset({drain} if drain else ())),
+            Progress(True, None, len(plan)),
+        )
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
     async def _relocate_all(self, plan: list[tuple[int, str]], drain: frozenset[str]) -> None:
-        p = self.progress = Progress(True, None, len(plan))
-        p.started_at = time.time()
+        p = self.progress
         try:
             for index, node in plan:
                 started = time.monotonic()

@@ -351,6 +351,7 @@ class Ingress:
             "coalesced_requests": c.requests,
             "mean_batch": round(c.requests / c.batches, 2) if c.batches else None,
             "map_reroutes": self.region.reroutes,
+            "shard_calls": {"wire": self.region.wire_calls, "ray": self.region.ray_calls},
             "identity_lookups": i.lookups,
             "identity_cache_hits": i.hits,
             "identity_merges": i.merges,
