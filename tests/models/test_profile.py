@@ -183,7 +183,8 @@ def test_remembering_an_id_forgets_the_expired_ones_and_keeps_the_rest() -> None
 
 
 def test_packed_profile_is_the_msgpack_older_snapshots_hold() -> None:
-    p = apply(Profile("c1"), e("page_view", page="/a"), e("add_to_cart", item="x", qty=2, price=9.5))
+    cart = e("add_to_cart", item="x", qty=2, price=9.5)
+    p = apply(Profile("c1"), e("page_view", page="/a"), cart)
     p.record_contact(NOW, "o1", "web", "impression")
     blob = p.pack()
     fields = msgpack.unpackb(blob, raw=False, strict_map_key=False)

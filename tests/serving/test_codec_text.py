@@ -32,8 +32,12 @@ def _read(data: Any) -> Any:
 
 
 def test_a_clean_bulk_body_is_read_as_sent() -> None:
-    events = [{"event_id": f"e{i}", "customer_id": "c", "type": "page_view", "ts": 1.5 + i,
-               "attributes": {"page": "/p", "n": 0, "raw": b"\x00\x01"}} for i in range(1000)]  # fmt: skip
+    attributes = {"page": "/p", "n": 0, "raw": b"\x00\x01"}
+    events = [
+        {"event_id": f"e{i}", "customer_id": "c", "type": "page_view", "ts": 1.5 + i,
+         "attributes": attributes}
+        for i in range(1000)
+    ]  # fmt: skip
     assert _read({"events": events}) == {"events": events}
 
 
