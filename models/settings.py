@@ -56,7 +56,7 @@ class Settings:
     coalesce_max_batch: int = 64  # decide requests per shard call
     coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
     # HAProxy lets at most this many decides into one replica at once; more wait in
-    # HAProxy's queue up to decide_deadline_ms, then 503 (README, Overload). 0 = off.
+    # HAProxy's queue up to half of decide_deadline_ms, then 503 (README, Decide). 0 = off.
     edge_decide_maxconn: int = 32
     shard_wire: bool = True  # same-node replicas send hot calls over a Unix socket (README)
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)

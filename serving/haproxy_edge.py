@@ -24,7 +24,7 @@ the configuration, then executes the real HAProxy. It changes three things:
 - **Decides queue in HAProxy, not in Python.** ``POST /v1/decide`` goes to
   a backend of its own with the same replicas, each taking at most
   ``RTIM_EDGE_DECIDE_MAXCONN`` decides at once; more wait in HAProxy's
-  queue for at most ``RTIM_EDGE_DECIDE_QUEUE_MS`` (the default decide
+  queue for at most ``RTIM_EDGE_DECIDE_QUEUE_MS`` (half the default decide
   deadline), then get ``503 overloaded`` + ``Retry-After``. Without it a
   replica under 1,000 connections queues hundreds of requests in its own
   event loop, where every one costs a full HTTP turn before it can even be
@@ -85,7 +85,10 @@ def error_file(status: int, reason: tuple[str, str] | None = None) -> bytes:
         f"content-length: {len(body)}\r\n"
         + (f"retry-after: {RETRY_AFTER_S}\r\n" if status == 503 else "")
         + "cache-control: no-store\r\n"
-        "connection: close\r\n\r\n"
+        # The connection stays open for the overloaded answer: a client told to
+        # retry should not pay (nor make HAProxy pay) a new TCP handshake for it.
+        + ("" if reason == _OVERLOADED else "connection: close\r\n")
+        + "\r\n"
     )
     return head.encode() + body
 

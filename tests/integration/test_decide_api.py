@@ -412,7 +412,7 @@ async def test_decides_beyond_each_replicas_limit_wait_in_haproxy_at_most_the_de
     client, server_settings
 ) -> None:
     # Each replica takes at most edge_decide_maxconn decides at once; the rest
-    # wait in HAProxy's queue for at most the default deadline, then 503: they
+    # wait in HAProxy's queue for at most half the default deadline, then 503: they
     # never pile up in a replica's event loop (issue 14, overload).
     assert server_settings.edge_decide_maxconn == 32
     pmap = PartitionMap.initial(server_settings.partitions, 2)
@@ -440,6 +440,6 @@ async def test_decides_beyond_each_replicas_limit_wait_in_haproxy_at_most_the_de
     assert len(refused) >= 100, len(refused)  # 2 replicas x 32 admitted, the rest queued out
     for r, took in refused:
         assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
-        # The queue's 50 ms (plus this client's own time for 200 connections on a
+        # The queue's 25 ms (plus this client's own time for 200 connections on a
         # loaded machine), not the 10 s the request allowed itself.
         assert took < 5.0, took
