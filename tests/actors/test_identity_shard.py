@@ -16,6 +16,7 @@ from models.settings import load_settings
 
 CK1, CK2, CK3 = "cookie:c1", "cookie:c2", "cookie:c3"
 ACCT = "account:a1"
+E = 1  # the identity-map epoch of a shard created without a map
 
 
 def close(shard: IdentityShardImpl) -> None:
@@ -47,9 +48,9 @@ async def test_first_claim_wins_and_a_later_claim_by_another_profile_loses(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    assert await shard.claim([CK1, ACCT], "p1", now) == {CK1: "p1", ACCT: "p1"}
-    assert await shard.claim([CK1, CK2], "p2", now) == {CK1: "p1", CK2: "p2"}
-    assert await shard.resolve([CK1, CK2, ACCT, CK3]) == {
+    assert await shard.claim([CK1, ACCT], "p1", now, E) == {CK1: "p1", ACCT: "p1"}
+    assert await shard.claim([CK1, CK2], "p2", now, E) == {CK1: "p1", CK2: "p2"}
+    assert await shard.resolve([CK1, CK2, ACCT, CK3], E) == {
         CK1: "p1",
         CK2: "p2",
         ACCT: "p1",
@@ -62,19 +63,19 @@ async def test_claiming_keys_a_profile_already_holds_changes_nothing(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1], "p1", now)
-    assert await shard.claim([CK1], "p1", now + 1) == {CK1: "p1"}
-    assert await shard.resolve([CK1]) == {CK1: "p1"}
+    await shard.claim([CK1], "p1", now, E)
+    assert await shard.claim([CK1], "p1", now + 1, E) == {CK1: "p1"}
+    assert await shard.resolve([CK1], E) == {CK1: "p1"}
 
 
 async def test_repointing_a_profile_moves_all_its_keys(tmp_path: Path, open_shard) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1, CK2], "anon", now)
-    await shard.claim([ACCT], "known", now)
-    assert sorted(await shard.repoint_profile("anon", "known")) == [CK1, CK2]
-    assert await shard.resolve([CK1, CK2, ACCT]) == {CK1: "known", CK2: "known", ACCT: "known"}
-    assert await shard.repoint_profile("anon", "known") == []
+    await shard.claim([CK1, CK2], "anon", now, E)
+    await shard.claim([ACCT], "known", now, E)
+    assert sorted(await shard.repoint_profile("anon", "known", E)) == [CK1, CK2]
+    assert await shard.resolve([CK1, CK2, ACCT], E) == {CK1: "known", CK2: "known", ACCT: "known"}
+    assert await shard.repoint_profile("anon", "known", E) == []
 
 
 async def test_released_keys_are_unmapped_and_can_be_claimed_again(
@@ -82,10 +83,10 @@ async def test_released_keys_are_unmapped_and_can_be_claimed_again(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1, CK2], "p1", now)
-    assert await shard.release([CK1, CK3]) == [CK1]
-    assert await shard.resolve([CK1, CK2]) == {CK1: None, CK2: "p1"}
-    assert await shard.claim([CK1], "p2", now) == {CK1: "p2"}
+    await shard.claim([CK1, CK2], "p1", now, E)
+    assert await shard.release([CK1, CK3], None, E) == [CK1]
+    assert await shard.resolve([CK1, CK2], E) == {CK1: None, CK2: "p1"}
+    assert await shard.claim([CK1], "p2", now, E) == {CK1: "p2"}
 
 
 async def test_forgetting_a_profile_drops_every_identifier_it_held(
@@ -93,12 +94,12 @@ async def test_forgetting_a_profile_drops_every_identifier_it_held(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1, ACCT], "p1", now)
-    await shard.claim([CK2], "p2", now)
-    assert sorted(await shard.forget("p1")) == [ACCT, CK1]
-    assert await shard.resolve([CK1, ACCT, CK2]) == {CK1: None, ACCT: None, CK2: "p2"}
-    assert await shard.records_of(["p1"]) == []
-    assert await shard.forget("p1") == []
+    await shard.claim([CK1, ACCT], "p1", now, E)
+    await shard.claim([CK2], "p2", now, E)
+    assert sorted(await shard.forget("p1", E)) == [ACCT, CK1]
+    assert await shard.resolve([CK1, ACCT, CK2], E) == {CK1: None, ACCT: None, CK2: "p2"}
+    assert await shard.records_of(["p1"], E) == []
+    assert await shard.forget("p1", E) == []
 
 
 async def test_table_survives_a_new_instance_on_the_same_directory(
@@ -106,22 +107,22 @@ async def test_table_survives_a_new_instance_on_the_same_directory(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1, CK2], "anon", now)
-    await shard.claim([ACCT], "known", now)
-    await shard.claim([CK3], "gone", now)
-    await shard.repoint_profile("anon", "known")
-    await shard.release([CK2])
-    await shard.forget("gone")
+    await shard.claim([CK1, CK2], "anon", now, E)
+    await shard.claim([ACCT], "known", now, E)
+    await shard.claim([CK3], "gone", now, E)
+    await shard.repoint_profile("anon", "known", E)
+    await shard.release([CK2], None, E)
+    await shard.forget("gone", E)
     close(shard)
 
     again = open_shard(tmp_path)
-    assert await again.resolve([CK1, CK2, CK3, ACCT]) == {
+    assert await again.resolve([CK1, CK2, CK3, ACCT], E) == {
         CK1: "known",
         CK2: None,
         CK3: None,
         ACCT: "known",
     }
-    records = await again.records_of(["known"])
+    records = await again.records_of(["known"], E)
     assert sorted(r[0] for r in records) == [ACCT, CK1]
     assert {r[1] for r in records} == {"known"}
 
@@ -131,29 +132,29 @@ async def test_table_survives_recovery_from_a_snapshot_and_the_journal_after_it(
 ) -> None:
     shard = open_shard(tmp_path)
     now = time.time()
-    await shard.claim([CK1, ACCT], "p1", now)
+    await shard.claim([CK1, ACCT], "p1", now, E)
     snap = await shard.snapshot()
     assert not isinstance(snap, ShardUnavailable) and snap["identifiers"] == 2
-    await shard.claim([CK2], "p2", now)
-    await shard.repoint_profile("p2", "p1")
-    await shard.release([CK1])
+    await shard.claim([CK2], "p2", now, E)
+    await shard.repoint_profile("p2", "p1", E)
+    await shard.release([CK1], None, E)
     close(shard)
 
     again = open_shard(tmp_path)
-    assert await again.resolve([CK1, CK2, ACCT]) == {CK1: None, CK2: "p1", ACCT: "p1"}
+    assert await again.resolve([CK1, CK2, ACCT], E) == {CK1: None, CK2: "p1", ACCT: "p1"}
 
 
 async def test_first_seen_time_is_kept_through_repoint_and_recovery(
     tmp_path: Path, open_shard
 ) -> None:
     shard = open_shard(tmp_path)
-    await shard.claim([CK1], "anon", 1000.0)
-    await shard.claim([ACCT], "known", 2000.0)
-    await shard.repoint_profile("anon", "known")
+    await shard.claim([CK1], "anon", 1000.0, E)
+    await shard.claim([ACCT], "known", 2000.0, E)
+    await shard.repoint_profile("anon", "known", E)
     close(shard)
 
     again = open_shard(tmp_path)
-    seen = {r[0]: r[2] for r in await again.records_of(["known"])}
+    seen = {r[0]: r[2] for r in await again.records_of(["known"], E)}
     assert seen == {CK1: 1000.0, ACCT: 2000.0}
 
 
@@ -165,12 +166,12 @@ async def test_unusable_data_directory_answers_shard_unavailable(
     shard = open_shard(blocker)
     now = time.time()
     replies = await asyncio.gather(
-        shard.claim([CK1], "p1", now),
-        shard.resolve([CK1]),
-        shard.records_of(["p1"]),
-        shard.repoint_profile("p1", "p2"),
-        shard.release([CK1]),
-        shard.forget("p1"),
+        shard.claim([CK1], "p1", now, E),
+        shard.resolve([CK1], E),
+        shard.records_of(["p1"], E),
+        shard.repoint_profile("p1", "p2", E),
+        shard.release([CK1], None, E),
+        shard.forget("p1", E),
         shard.snapshot(),
     )
     assert all(isinstance(r, ShardUnavailable) for r in replies), replies
@@ -184,11 +185,11 @@ async def test_identity_shard_recovers_once_its_directory_becomes_usable(tmp_pat
     settings = load_settings(None, {"data_dir": str(blocker), "partitions": 8, "shards": 1})
     shard = IdentityShardImpl(0, settings.to_dict(), None)
     await shard.ping()  # as the coordinator does at start
-    assert isinstance(await shard.resolve(["cookie:a"]), ShardUnavailable)
+    assert isinstance(await shard.resolve(["cookie:a"], E), ShardUnavailable)
     blocker.unlink()
     deadline = time.monotonic() + 10
     while shard.durable.degraded and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert await shard.resolve(["cookie:a"]) == {"cookie:a": None}
+    assert await shard.resolve(["cookie:a"], E) == {"cookie:a": None}
     shard.timer.cancel()
     shard.durable.close()
