@@ -414,14 +414,29 @@ class ShardCoordinatorImpl:
             "coordinator_pid": os.getpid(),
         }
 
-    async def _run_job(self, plan: list[tuple[ShardGroup, list[Move], int | None]]) -> None:
+    def _run_job(
+        self, plan: list[tuple[ShardGroup, list[Move], int | None]]
+    ) -> Coroutine[Any, Any, None]:
         """For each group in ``plan``: after a half-done move, run its moves one after
-        another, adding shards first and retiring shards last."""
+        another, adding shards first and retiring shards last.
+
+        The progress says "running" from now on, not only once the job's task
+        first runs: a restarted coordinator resuming a move answers its first
+        progress request before that.
+        """
         resuming = [g for g in self.groups if g.move]
         total = sum(len(moves) for _, moves, _ in plan) + len(resuming)
         targets = {g.kind: n for g, _, n in plan}
         p = self.progress = Progress(True, targets.get("profile"), targets.get("identity"), total)
         p.started_at = time.time()
+        return self._job(plan, resuming, p)
+
+    async def _job(
+        self,
+        plan: list[tuple[ShardGroup, list[Move], int | None]],
+        resuming: list[ShardGroup],
+        p: Progress,
+    ) -> None:
         resumed = self.resumed
         if resumed is not None and resumed is not asyncio.current_task():
             await asyncio.wait([resumed])  # the start-up sync pushes the map first

@@ -1,4 +1,5 @@
-"""The identity shard without Ray: claim, repoint, release, forget, recovery, degraded disk."""
+"""The identity shard without Ray: claim, repoint, release, forget, recovery, degraded disk,
+and identity partitions handed off to another identity shard."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors.identity import IdentityShardImpl
-from actors.replies import ShardUnavailable
+from actors.replies import Failed, ShardUnavailable, StaleEpoch
+from models.partitioning import Move, PartitionMap, after_move, partition_of
 from models.settings import load_settings
 
 CK1, CK2, CK3 = "cookie:c1", "cookie:c2", "cookie:c3"
@@ -193,3 +195,89 @@ async def test_identity_shard_recovers_once_its_directory_becomes_usable(tmp_pat
     assert await shard.resolve(["cookie:a"], E) == {"cookie:a": None}
     shard.timer.cancel()
     shard.durable.close()
+
+
+# -- identity partitions moving between two shards (actors/handoff.py) ----------------------
+
+
+def two_shards(data_dir: Path, partitions: int = 8) -> tuple[dict, list[IdentityShardImpl]]:
+    settings = load_settings(None, {"data_dir": str(data_dir), "partitions": partitions})
+    pmap = PartitionMap.initial(partitions, 2).to_dict()
+    return pmap, [IdentityShardImpl(i, settings.to_dict(), None, pmap) for i in range(2)]
+
+
+def keys_on(pmap: dict, shard: int, n: int) -> list[str]:
+    owners = pmap["owners"]
+    keys = (f"cookie:m{i}" for i in range(10_000))
+    return [k for k in keys if owners[partition_of(k, len(owners))] == shard][:n]
+
+
+async def test_a_moved_identity_partition_is_served_by_its_new_shard_only_and_survives_restarts(
+    tmp_path: Path,
+) -> None:
+    pmap, (a, b) = two_shards(tmp_path)
+    keys = keys_on(pmap, 0, 6)
+    for i, k in enumerate(keys):
+        assert await a.claim([k], f"p{i % 2}", 100.0 + i, 1) == {k: f"p{i % 2}"}
+    moving = sorted({partition_of(k, 8) for k in keys[:3]})
+    staying = [k for k in keys if partition_of(k, 8) not in moving]
+    travelling = [k for k in keys if partition_of(k, 8) in moving]
+    nxt = after_move(PartitionMap.from_dict(pmap), Move(0, 1, tuple(moving))).to_dict()
+    assert await b.adopt_map(nxt) == Failed(
+        "map_refused", "a map that moves this shard's partitions needs a hand-off"
+    )
+
+    export = await a.hand_off(nxt, moving, 1)
+    assert isinstance(export, bytes)
+    assert await a.hand_off(nxt, moving, 1) == export  # repeated: the same answer
+    # The old owner refuses the moved keys at every epoch; the new one until it took over.
+    assert await a.resolve(travelling, 2) == StaleEpoch(2)
+    assert await a.resolve(travelling, 1) == StaleEpoch(2)
+    assert await b.resolve(travelling, 2) == StaleEpoch(1)
+    assert await b.records_of(["p0"], 2) == StaleEpoch(1)  # a whole-profile call too
+    assert await b.take_over(nxt, moving, export) == {"shard": 1, "epoch": 2}
+    assert await b.take_over(nxt, moving, export) == {"shard": 1, "epoch": 2}  # idempotent
+    assert await a.acknowledge_hand_off(2) is True
+
+    owners = {k: f"p{keys.index(k) % 2}" for k in keys}
+    assert await b.resolve(travelling, 2) == {k: owners[k] for k in travelling}
+    assert await a.resolve(staying, 2) == {k: owners[k] for k in staying}
+    # Every link is held once, first-seen kept.
+    held = [*(await a.records_of(["p0", "p1"], 2)), *(await b.records_of(["p0", "p1"], 2))]
+    assert sorted(r[0] for r in held) == sorted(keys)
+    assert {r[0]: r[2] for r in held} == {k: 100.0 + keys.index(k) for k in keys}
+
+    # A repoint now reaches the moved links on their new shard.
+    assert sorted(await b.repoint_profile("p0", "p9", 2)) == sorted(
+        k for k in travelling if owners[k] == "p0"
+    )
+    for shard in (a, b):
+        close(shard)
+    _, (a2, b2) = two_shards(tmp_path)  # restarted: created with the old map, journals replayed
+    assert (await a2.ping())["epoch"] == (await b2.ping())["epoch"] == 2
+    assert (await a2.ping())["outbox"] == []
+    assert await a2.resolve(travelling, 2) == StaleEpoch(2)
+    expected = {k: "p9" if owners[k] == "p0" else owners[k] for k in travelling}
+    assert await b2.resolve(travelling, 2) == expected
+    for shard in (a2, b2):
+        close(shard)
+
+
+async def test_an_identity_shard_killed_after_the_hand_off_still_has_the_export(
+    tmp_path: Path,
+) -> None:
+    pmap, (a, b) = two_shards(tmp_path)
+    keys = keys_on(pmap, 0, 4)
+    await a.claim(keys, "p", 1.0, 1)
+    moving = sorted({partition_of(k, 8) for k in keys})
+    nxt = after_move(PartitionMap.from_dict(pmap), Move(0, 1, tuple(moving))).to_dict()
+    export = await a.hand_off(nxt, moving, 1)
+    close(a)
+    close(b)
+    _, (a2, b2) = two_shards(tmp_path)  # both restarted before the take-over
+    assert await a2.hand_off(nxt, moving, 1) == export  # the coordinator asks again
+    assert await b2.take_over(nxt, moving, export) == {"shard": 1, "epoch": 2}
+    assert await b2.resolve(keys, 2) == dict.fromkeys(keys, "p")
+    assert await a2.acknowledge_hand_off(2) is True
+    for shard in (a2, b2):
+        close(shard)
