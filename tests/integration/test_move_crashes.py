@@ -271,6 +271,7 @@ def test_an_identity_move_with_logins_racing_it_and_a_kill_keeps_every_person_wh
     with httpx.Client(base_url=base, timeout=30) as c:
         move = next_move(c, identity=True)
         held_before = identifiers_held(c)
+        rerouted_before = get_json(c, "/v1/admin/ingress")["identity_map_reroutes"]
         logins = Logins(base, people_in(move["partitions"], 600))
         logins.start()
         try:
@@ -281,5 +282,7 @@ def test_an_identity_move_with_logins_racing_it_and_a_kill_keeps_every_person_wh
             logins.stop()
         assert not logins.lost, f"requests never acknowledged: {logins.lost[:3]}"
         assert sum(logins.views.values()) > 0
+        # The logins met the move: identity calls were refused (stale map) and re-routed.
+        assert get_json(c, "/v1/admin/ingress")["identity_map_reroutes"] > rerouted_before
         check(c, Counter())
         check_people(c, logins, held_before)
