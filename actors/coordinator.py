@@ -309,20 +309,33 @@ class ShardCoordinatorImpl:
         """
         if self.resumed is None:
             if self._moving():
-                self.resumed = self._start(self._run_job([]))
+                self.resumed = self._start(self._run_job([]), self._job_progress([]))
             else:
                 self.resumed = asyncio.get_running_loop().create_task(self._sync_shards())
 
     def _moving(self) -> bool:
         return any(g.move for g in self.groups)
 
-    def _start(self, job: Coroutine[Any, Any, None]) -> asyncio.Task:
-        """Run ``job`` as the one scaling or move job (there is never a second)."""
+    def _start(self, job: Coroutine[Any, Any, None], progress: Progress) -> asyncio.Task:
+        """Run ``job`` as the one scaling or move job (there is never a second).
+
+        Its progress is in place before the task first runs: a progress
+        request in between (the first call a restarted coordinator answers
+        may be one) must say "running", not the previous job's "done".
+        """
         if self._busy():
             job.close()
             raise RuntimeError("a scaling or move job is running already")
+        progress.started_at = time.time()
+        self.progress = progress
         self.job = asyncio.get_running_loop().create_task(job)
         return self.job
+
+    def _job_progress(self, plan: list[tuple[ShardGroup, list[Move], int | None]]) -> Progress:
+        """The progress of a job running ``plan`` after any half-done moves."""
+        total = sum(len(moves) for _, moves, _ in plan) + sum(bool(g.move) for g in self.groups)
+        targets = {g.kind: n for g, _, n in plan}
+        return Progress(True, targets.get("profile"), targets.get("identity"), moves_total=total)
 
     async def _sync_shards(self) -> None:
         """After a crash between persisting a map and pushing it: push it, forget old exports."""
@@ -344,7 +357,7 @@ class ShardCoordinatorImpl:
         """Why a scaling or move job cannot start now (``counts``: shards asked for, by name)."""
         self._resume()
         if self._moving() and not self._busy():  # a move that stalled earlier: try it again
-            self._start(self._run_job([]))
+            self._start(self._run_job([]), self._job_progress([]))
         if self._busy() or self._moving():
             return Failed(
                 "move_in_progress",
@@ -374,7 +387,7 @@ class ShardCoordinatorImpl:
         plan = [(g, moves_for(g.map, n, k), n)
                 for g, n in ((self.profile, shards), (self.identity, identity_shards))
                 if n is not None]  # fmt: skip
-        self._start(self._run_job(plan))
+        self._start(self._run_job(plan), self._job_progress(plan))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -401,7 +414,8 @@ class ShardCoordinatorImpl:
         k = self.settings.move_partitions
         moves = [Move(src, to, tuple(ps[i : i + k]))
                  for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
-        self._start(self._run_job([(g, moves, None)]))
+        plan = [(g, moves, None)]
+        self._start(self._run_job(plan), self._job_progress(plan))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -414,29 +428,11 @@ class ShardCoordinatorImpl:
             "coordinator_pid": os.getpid(),
         }
 
-    def _run_job(
-        self, plan: list[tuple[ShardGroup, list[Move], int | None]]
-    ) -> Coroutine[Any, Any, None]:
+    async def _run_job(self, plan: list[tuple[ShardGroup, list[Move], int | None]]) -> None:
         """For each group in ``plan``: after a half-done move, run its moves one after
-        another, adding shards first and retiring shards last.
-
-        The progress says "running" from now on, not only once the job's task
-        first runs: a restarted coordinator resuming a move answers its first
-        progress request before that.
-        """
+        another, adding shards first and retiring shards last."""
+        p = self.progress
         resuming = [g for g in self.groups if g.move]
-        total = sum(len(moves) for _, moves, _ in plan) + len(resuming)
-        targets = {g.kind: n for g, _, n in plan}
-        p = self.progress = Progress(True, targets.get("profile"), targets.get("identity"), total)
-        p.started_at = time.time()
-        return self._job(plan, resuming, p)
-
-    async def _job(
-        self,
-        plan: list[tuple[ShardGroup, list[Move], int | None]],
-        resuming: list[ShardGroup],
-        p: Progress,
-    ) -> None:
         resumed = self.resumed
         if resumed is not None and resumed is not asyncio.current_task():
             await asyncio.wait([resumed])  # the start-up sync pushes the map first
@@ -621,13 +617,15 @@ class ShardCoordinatorImpl:
             plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
         except ValueError as exc:
             return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
-        self._start(self._relocate_all(plan, frozenset({drain} if drain else ())))
+        self._start(
+            self._relocate_all(plan, frozenset({drain} if drain else ())),
+            Progress(True, moves_total=len(plan)),
+        )
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
     async def _relocate_all(self, plan: list[tuple[int, str]], drain: frozenset[str]) -> None:
-        p = self.progress = Progress(True, None, None, len(plan))
-        p.started_at = time.time()
+        p = self.progress
         try:
             for index, node in plan:
                 started = time.monotonic()

@@ -8,7 +8,7 @@ component:
 - :class:`~actors.profiles.ProfileBook`: profiles and the events that update them;
 - :class:`~actors.decisions.DecisionEngine`: catalogue, model, decisions, decision log;
 - :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
-- :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
+- :class:`~actors.handoff.ProfileHandoff`: whole partitions moving to another shard.
 - :class:`~actors.learning.Learning`: adaptive models, learning from responses.
 - :class:`~actors.reporting.ReportBook`: hourly report counters (merged on read).
 - :class:`~actors.history.InteractionHistory`: every decision and outcome, on disk.
@@ -53,6 +53,7 @@ from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
 from actors.reporting import FallbacksCounted, ReportBook
+from actors.wire import WIRE_METHODS, WireServer
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
@@ -106,6 +107,7 @@ class ProfileShardImpl(HandoffEndpoints):
             s, catalog, model_version, self.learning, reports=self.reports, history=self.history
         )
         self.handover = Handover(self.settings.session_gap_s)
+        self.wire: WireServer | None = None  # started by the first wire_address()
         self.handoff = ProfileHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
             f"shard {index}",
@@ -332,6 +334,17 @@ class ProfileShardImpl(HandoffEndpoints):
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
         }
+
+    async def wire_address(self) -> dict[str, str] | None:
+        """This shard's socket for same-node replicas (:mod:`actors.wire`); None when off."""
+        if not self.settings.shard_wire:
+            return None
+        if self.wire is None:
+            self.wire = WireServer(
+                f"shard-{self.index}",
+                {name: getattr(self, name) for name in WIRE_METHODS},
+            )
+        return {"path": await self.wire.start(), "node": ray.get_runtime_context().get_node_id()}
 
     async def stats(self) -> dict[str, Any]:
         return {

@@ -55,6 +55,7 @@ class Settings:
     max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
     coalesce_max_batch: int = 64  # decide requests per shard call
     coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
+    shard_wire: bool = True  # same-node replicas send hot calls over a Unix socket (README)
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)
     # An ingress replica trusts a cached identifier lookup for at most this long;
     # shards keep erasure tombstones for twice that (see README, Recognition).

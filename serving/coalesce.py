@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 from actors.replies import Expired, Moved, StaleEpoch
@@ -25,7 +26,7 @@ from models.decisioning.record import DecisionRecord
 from models.decisioning.request import DecideRequest
 from models.errors import Unavailable
 
-EWMA = 0.2  # weight of the newest shard round trip in the running estimate
+SAMPLES = 9  # recent round trips per shard whose median is the estimate
 MAX_ROUTES = 4  # re-routes (stale maps, merges) per request
 HOLD_S = 0.01  # wait before re-routing when the map has nothing newer (a hand-off)
 
@@ -57,18 +58,29 @@ class DecideCoalescer:
         self._tasks: set[asyncio.Task] = set()
         self.batches = 0
         self.requests = 0
-        self.round_trip_s: dict[int, float] = defaultdict(float)  # EWMA per shard
+        self._round_trips: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=SAMPLES))
 
     def expected_wait_s(self, customer_id: str) -> float:
         """About how long a decide sent now would take to come back: its own call
         plus the batches queued ahead of it in this replica, at the shard's recent
         round trip (which includes this replica's event-loop lag). Zero while no
-        call to the shard is in flight, so a stale estimate is always re-measured."""
+        call to the shard is in flight, so a stale estimate is always re-measured.
+
+        The round trip is the median of the last few answered calls, not a
+        running mean: one call that waited out a shard restart (seconds) must
+        not make the next hundreds of requests look late and be shed to the
+        fallback; failed calls are not measured at all.
+        """
         shard = self.region.shard_of(customer_id)
         if self._calls[shard] == 0:
             return 0.0
         ahead = len(self._queues[shard]) // self.max_batch
-        return self.round_trip_s[shard] * (1 + ahead / self.max_calls)
+        return self.round_trip_s(shard) * (1 + ahead / self.max_calls)
+
+    def round_trip_s(self, shard: int) -> float:
+        """The shard's recent round trip: the median of the last answered calls (0: none yet)."""
+        samples = self._round_trips.get(shard)
+        return statistics.median(samples) if samples else 0.0
 
     async def decide(self, request: DecideRequest, deadline: float) -> DecisionRecord | Expired:
         """One decision, or ``Expired`` if the shard saw it after ``deadline`` (epoch s)."""
@@ -109,8 +121,7 @@ class DecideCoalescer:
                 [p.deadline for p in live],
                 max(p.deadline for p in live) - time.time(),
             )
-            took = time.monotonic() - sent
-            self.round_trip_s[shard] += EWMA * (took - self.round_trip_s[shard])
+            self._round_trips[shard].append(time.monotonic() - sent)
             if isinstance(answer, StaleEpoch):
                 await self.region.refresh(epoch)
                 if self.region.epoch == epoch:  # a partition in hand-off: hold a moment

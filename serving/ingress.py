@@ -354,6 +354,7 @@ class Ingress:
             "map_holds": self.region.holds,
             "identity_map_reroutes": self.region.identities.reroutes,
             "identity_map_holds": self.region.identities.holds,
+            "shard_calls": {"wire": self.region.wire_calls, "ray": self.region.ray_calls},
             "identity_lookups": i.lookups,
             "identity_cache_hits": i.hits,
             "identity_merges": i.merges,

@@ -33,12 +33,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.coordinator import get_or_create_coordinator
 from actors.decide_wire import pack_requests, unpack_answers
 from actors.profiles import pack_events
 from actors.replies import Failed, Moved, ShardUnavailable, StaleEpoch
+from actors.wire import WIRE_METHODS, WireBroken, WireLink
 from models.customer.events import Event
 from models.errors import Unavailable
 from models.partitioning import PartitionMap
@@ -47,6 +49,7 @@ from models.settings import Settings
 log = logging.getLogger("rtim.region")
 
 _RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+WIRE_LOOKUP_S = 1.0  # at most one socket lookup per shard per this long
 MAX_REROUTES = 200  # stale-map refreshes and holds per call (the deadline bounds them too)
 HOLD_S = (0.005, 0.1)  # first and longest wait for a partition in hand-off
 REFRESH_EVERY_S = 0.05  # while holding, ask the coordinator for news at most this often
@@ -82,9 +85,17 @@ class PartitionRouter:
         self.reroutes = 0
         self.holds = 0  # waits for a partition in hand-off
         self._refreshed_at = 0.0
+        # Same-node shards' sockets (actors/wire.py): hot calls skip Ray's call machinery.
+        self.node_id: str | None = None
+        self._links: dict[int, WireLink] = {}
+        self._looked_up: dict[int, float] = {}  # when we last asked a shard for its socket
+        self._lookups: set[asyncio.Task] = set()
+        self.wire_calls = 0
+        self.ray_calls = 0
 
     async def start(self, coordinator: Any = None) -> None:
         self.coordinator = coordinator or get_or_create_coordinator(self.settings)
+        self.node_id = ray.get_runtime_context().get_node_id()
         await self.refresh(0)
 
     async def refresh(self, seen_epoch: int) -> None:
@@ -103,7 +114,10 @@ class PartitionRouter:
             self._refreshed_at = time.monotonic()
             m = topo[self._map_key]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
-            self.shards = topo[self._shards_key]
+            shards = topo[self._shards_key]
+            if list(map(_actor_of, shards)) != list(map(_actor_of, self.shards)):
+                self._close_links()  # shards added, retired or moved node: look them up again
+            self.shards = shards
             log.info("%s map epoch %s, %s shards", self.group, self.map.epoch, len(self.shards))
 
     @property
@@ -151,20 +165,49 @@ class PartitionRouter:
             self.inflight[shard] -= 1
 
     async def _invoke_once(self, shard: int, method: str, args: tuple, deadline: float) -> Any:
+        return await self._retrying(shard, method, (*args, self.epoch), deadline, stale=True)
+
+    async def ask(self, shard: int, method: str, *args: Any, timeout_s: float = 30.0) -> Any:
+        """``method(*args)`` on one shard, no epoch: reads and admin calls.
+
+        Retried like a routed call while the actor restarts (a replica whose
+        handle has not seen the restart yet gets ``ActorUnavailableError`` on
+        its first call), answer decoded; ``Unavailable`` after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        return decode(await self._retrying(shard, method, args, deadline), f"shard {shard}")
+
+    async def _retrying(
+        self, shard: int, method: str, args: tuple, deadline: float, stale: bool = False
+    ) -> Any:
         delay = 0.05
         while True:
             if shard >= len(self.shards):  # routed by a map from before shards were retired
-                return StaleEpoch(self.epoch + 1)
+                if stale:
+                    return StaleEpoch(self.epoch + 1)
+                raise Unavailable(f"shard {shard} was retired; retry", code="rebalancing")
+            link = self._link(shard, method)
             try:
-                ref = getattr(self.shards[shard], method).remote(*args, self.epoch)
                 remaining = max(deadline - time.monotonic(), 0.001)
+                if link is not None:
+                    try:
+                        reply = await asyncio.wait_for(link.call(method, args), timeout=remaining)
+                        self.wire_calls += 1
+                        return reply
+                    except WireBroken as exc:  # the shard restarted or moved: Ray, at once
+                        log.info("shard %s socket closed (%s); calling through Ray", shard, exc)
+                        self._links.pop(shard, None)
+                        remaining = max(deadline - time.monotonic(), 0.001)
+                ref = getattr(self.shards[shard], method).remote(*args)
+                self.ray_calls += 1
                 return await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
                 if isinstance(exc, ActorDiedError):
-                    # Dead for good: a retired shard? Then a newer map routes elsewhere.
+                    # Dead for good: a retired shard, or moved to another node
+                    # (rtim rebalance)? Then a newer topology has its new handle.
                     epoch = self.epoch
                     await self.refresh(epoch)
-                    if self.epoch != epoch:
+                    if stale and self.epoch != epoch:
                         return StaleEpoch(self.epoch)
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
@@ -175,6 +218,50 @@ class PartitionRouter:
                 log.warning("shard %s call %s failed (%s); retrying", shard, method, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    # -- the same-node wire (actors/wire.py) -------------------------------------------
+
+    def _link(self, shard: int, method: str) -> WireLink | None:
+        """The shard's socket link for a hot call, if it runs on our node and has one.
+
+        Without one yet, the shard is asked for its socket in the background
+        (at most once a second per shard) and this call goes through Ray.
+        """
+        if method not in WIRE_METHODS or not self.settings.shard_wire:
+            return None
+        link = self._links.get(shard)
+        if link is not None and not link.broken:
+            return link
+        now = time.monotonic()
+        if now - self._looked_up.get(shard, -WIRE_LOOKUP_S) >= WIRE_LOOKUP_S:
+            self._looked_up[shard] = now
+            task = asyncio.get_running_loop().create_task(self._look_up(shard))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+        return None
+
+    async def _look_up(self, shard: int) -> None:
+        handle = self.shards[shard]
+        try:
+            address = await asyncio.wait_for(handle.wire_address.remote(), WIRE_LOOKUP_S * 5)
+        except Exception as exc:  # restarting, moved, gone: Ray serves meanwhile
+            log.info("shard %s socket lookup failed: %s", shard, exc)
+            return
+        if (
+            address
+            and address["node"] == self.node_id
+            and shard < len(self.shards)
+            and _actor_of(self.shards[shard]) == _actor_of(handle)
+        ):
+            old = self._links.get(shard)
+            if old is None or old.broken or old.path != address["path"]:
+                self._links[shard] = WireLink(address["path"])
+
+    def _close_links(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        self._looked_up.clear()
 
     async def scatter(
         self,
@@ -244,20 +331,12 @@ class PartitionRouter:
             await self.after_stale(epoch, max(stale, key=lambda r: r.epoch), attempt, deadline)
 
     async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
-        """``method(*args)`` on every profile shard, answers decoded, in shard order."""
-
-        async def one(i: int, h: Any) -> Any:
-            try:
-                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
-            except ActorDiedError:  # moved to another node (rtim rebalance): a new handle
-                await self.refresh(self.epoch)
-                if i >= len(self.shards):  # retired meanwhile
-                    raise
-                h = self.shards[i]
-                reply = await asyncio.wait_for(getattr(h, method).remote(*args), timeout_s)
-            return decode(reply, f"shard {i}")
-
-        return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(self.shards))))
+        """``method(*args)`` on every shard of the group, answers decoded, in shard order."""
+        return list(
+            await asyncio.gather(
+                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
+            )
+        )
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         pings = await ping_each(self.shards, timeout_s)
@@ -386,6 +465,11 @@ async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | Non
             return None
 
     return list(await asyncio.gather(*(one(h) for h in handles)))
+
+
+def _actor_of(handle: Any) -> Any:
+    """What tells two handles of the same actor apart from another actor's."""
+    return getattr(handle, "_actor_id", id(handle))
 
 
 def _customer_of(item: Any) -> str:

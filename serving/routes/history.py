@@ -13,7 +13,6 @@ from actors.history import MAX_PAGE
 from models.errors import ValidationError
 from serving import schema
 from serving.auth import require
-from serving.region import decode
 from serving.routes.common import API, answer, ingress_of
 
 # Rows hold profiles and what was shown to whom: the reporting scope, like decision logs.
@@ -66,12 +65,7 @@ async def history_page(
     shards = len(ing.region.shards)
     if shard >= shards:
         raise ValidationError(f"shard must be an integer from 0 to {shards - 1}", "shard")
-    page = decode(
-        await ing.region.shards[shard].history_page.remote(
-            kind, lo, hi, parse_cursor(cursor), limit
-        ),
-        f"shard {shard}",
-    )
+    page = await ing.region.ask(shard, "history_page", kind, lo, hi, parse_cursor(cursor), limit)
     nxt = page["next"]
     return answer(request, {
         "shards": shards, "since": lo, "until": hi, "rows": page["rows"],

@@ -29,7 +29,6 @@ from models.reporting.counters import ReportCounters
 from serving import schema
 from serving.auth import require
 from serving.ingress import Ingress
-from serving.region import decode
 from serving.routes.adaptive import merged_models
 from serving.routes.common import API, answer, ingress_of
 
@@ -49,16 +48,17 @@ async def _counters(
 ) -> tuple[ReportCounters, list[bool]]:
     """Every shard's counters of ``[since, until)``, summed; and which shards answered."""
 
-    async def one(i: int, h: Any) -> dict | None:
+    async def one(i: int) -> dict | None:
         try:
-            reply = await asyncio.wait_for(h.report_counters.remote(since, until), SHARD_TIMEOUT_S)
-            return decode(reply, f"shard {i}")
+            return await ing.region.ask(
+                i, "report_counters", since, until, timeout_s=SHARD_TIMEOUT_S
+            )
         except Exception:
             if required:
                 raise Unavailable(f"shard {i} does not answer; retry", 5.0) from None
             return None
 
-    states = await asyncio.gather(*(one(i, h) for i, h in enumerate(ing.region.shards)))
+    states = await asyncio.gather(*(one(i) for i in range(len(ing.region.shards))))
     merged = ReportCounters.merged(s for s in states if s is not None)
     return merged, [s is not None for s in states]
 
@@ -170,14 +170,14 @@ async def health(
     lo, hi = _range(since, until)
     ing = await ingress_of(request)
 
-    async def stats(h: Any) -> dict | None:
+    async def stats(i: int) -> dict | None:
         try:
-            return await asyncio.wait_for(h.stats.remote(), HEALTH_TIMEOUT_S)
+            return await ing.region.ask(i, "stats", timeout_s=HEALTH_TIMEOUT_S)
         except Exception:
             return None
 
     shard_stats, (counters, _) = await asyncio.gather(
-        asyncio.gather(*(stats(h) for h in ing.region.shards)),
+        asyncio.gather(*(stats(i) for i in range(len(ing.region.shards)))),
         _counters(ing, lo, hi, required=False),
     )
     shards = [

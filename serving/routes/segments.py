@@ -11,7 +11,6 @@ from models.errors import ValidationError
 from serving import schema
 from serving.auth import require
 from serving.codec import read_body
-from serving.region import decode
 from serving.routes.common import API, answer, ingress_of
 
 # Members of a segment are profile ids (and, for exports, profiles): profiles:read.
@@ -63,6 +62,5 @@ async def segment_members(request: Request) -> Response:
     profiles = body.get("profiles", False)
     if not isinstance(profiles, bool):
         raise ValidationError("profiles must be true or false", "profiles")
-    call = ing.region.shards[shard].segment_members.remote(rule, after, limit, profiles)
-    reply = decode(await call, f"shard {shard}")
+    reply = await ing.region.ask(shard, "segment_members", rule, after, limit, profiles)
     return answer(request, {**reply, "shard": shard, "shards": shards})

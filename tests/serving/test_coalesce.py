@@ -301,3 +301,44 @@ def test_limits_must_be_positive() -> None:
     for bad in ({"max_batch": 0}, {"max_calls": 0}, {"max_queue": 0}):
         with pytest.raises(ValueError):
             DecideCoalescer(FakeRegion(), **bad)
+
+
+async def test_one_call_that_waited_out_a_restart_does_not_make_the_shard_look_slow() -> None:
+    region = FakeRegion()
+    coalescer = DecideCoalescer(region, max_calls=1)
+    region.gate.clear()
+    slow = start(coalescer, "0:restart")
+    await until(lambda: len(region.calls) == 1)
+    await asyncio.sleep(0.5)  # the call retried until the restarted shard answered
+    region.gate.set()
+    await asyncio.gather(*slow)
+    for name in "abc":  # the shard is fast again
+        await coalescer.decide(req(f"0:{name}"), later())
+    region.gate.clear()
+    held = start(coalescer, "0:in-flight")  # a call in flight: the estimate is consulted
+    await until(lambda: len(region.calls) == 5)
+    # A running mean (weight 0.2) would still say 0.5 x 0.8^3 ~ 0.1 s here and shed
+    # every 50 ms decide to the fallback; the median of recent calls says "fast".
+    assert coalescer.expected_wait_s("0:next") < 0.02
+    region.gate.set()
+    await asyncio.gather(*held)
+
+
+async def test_a_shard_that_stays_slow_is_measured_slow_and_failures_are_not_measured() -> None:
+    def fails(region: FakeRegion, shard: int, requests: list) -> Any:
+        raise Unavailable("shard 0 is not answering", code="shard_unavailable")
+
+    region = FakeRegion(answer=fails)
+    coalescer = DecideCoalescer(region, max_calls=1)
+    with pytest.raises(Unavailable):
+        await coalescer.decide(req("0:x"), later())
+    assert coalescer.round_trip_s(0) == 0.0  # nothing answered: nothing measured
+
+    region.answer = decide_all
+    for name in "abcde":
+        region.gate.clear()
+        task = start(coalescer, f"0:{name}")
+        await asyncio.sleep(0.03)
+        region.gate.set()
+        await asyncio.gather(*task)
+    assert coalescer.round_trip_s(0) >= 0.03
