@@ -283,6 +283,9 @@ class HandoffEndpoints:
             return True
         rec = HandOffAcknowledged(epoch)
         self.handoff.acknowledged(rec)
+        # The export (personal data) is still in the journal: compact it away soon,
+        # so data erased on its new owner does not linger here.
+        self.durable.note_erasure()
         return await self._record(rec) or True
 
 

@@ -281,3 +281,28 @@ async def test_an_identity_shard_killed_after_the_hand_off_still_has_the_export(
     assert await a2.acknowledge_hand_off(2) is True
     for shard in (a2, b2):
         close(shard)
+
+
+async def test_handed_off_links_leave_the_old_owners_disk_soon_after_the_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    pmap, (a, b) = two_shards(tmp_path)
+    keys = keys_on(pmap, 0, 3)
+    await a.claim(keys, "p", 1.0, 1)
+    moving = sorted({partition_of(k, 8) for k in keys})
+    nxt = after_move(PartitionMap.from_dict(pmap), Move(0, 1, tuple(moving))).to_dict()
+    await b.take_over(nxt, moving, await a.hand_off(nxt, moving, 1))
+    await b.forget("p", 2)  # erased on the new owner
+
+    def on_old_owners_disk() -> bool:
+        files = (tmp_path / "identity-0").iterdir()
+        return any(keys[0].encode() in f.read_bytes() for f in files if f.is_file())
+
+    assert on_old_owners_disk()  # in the hand-off record, until it is acknowledged
+    assert await a.acknowledge_hand_off(2) is True
+    deadline = time.monotonic() + 15
+    while on_old_owners_disk():
+        assert time.monotonic() < deadline, "the export stayed in the old owner's journal"
+        await asyncio.sleep(0.5)
+    for shard in (a, b):
+        close(shard)
