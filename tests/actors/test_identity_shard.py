@@ -263,14 +263,22 @@ async def test_a_moved_identity_partition_is_served_by_its_new_shard_only_and_su
         close(shard)
 
 
-async def test_an_identity_shard_killed_after_the_hand_off_still_has_the_export(
-    tmp_path: Path,
-) -> None:
+async def links_of_p_moving(
+    tmp_path: Path, n: int
+) -> tuple[IdentityShardImpl, IdentityShardImpl, list[str], tuple[dict, list[int]]]:
+    """Two shards; ``n`` links of profile "p" on shard 0; the move of their partitions to 1."""
     pmap, (a, b) = two_shards(tmp_path)
-    keys = keys_on(pmap, 0, 4)
+    keys = keys_on(pmap, 0, n)
     await a.claim(keys, "p", 1.0, 1)
     moving = sorted({partition_of(k, 8) for k in keys})
     nxt = after_move(PartitionMap.from_dict(pmap), Move(0, 1, tuple(moving))).to_dict()
+    return a, b, keys, (nxt, moving)
+
+
+async def test_an_identity_shard_killed_after_the_hand_off_still_has_the_export(
+    tmp_path: Path,
+) -> None:
+    a, b, keys, (nxt, moving) = await links_of_p_moving(tmp_path, 4)
     export = await a.hand_off(nxt, moving, 1)
     close(a)
     close(b)
@@ -286,11 +294,7 @@ async def test_an_identity_shard_killed_after_the_hand_off_still_has_the_export(
 async def test_handed_off_links_leave_the_old_owners_disk_soon_after_the_acknowledgement(
     tmp_path: Path,
 ) -> None:
-    pmap, (a, b) = two_shards(tmp_path)
-    keys = keys_on(pmap, 0, 3)
-    await a.claim(keys, "p", 1.0, 1)
-    moving = sorted({partition_of(k, 8) for k in keys})
-    nxt = after_move(PartitionMap.from_dict(pmap), Move(0, 1, tuple(moving))).to_dict()
+    a, b, keys, (nxt, moving) = await links_of_p_moving(tmp_path, 3)
     await b.take_over(nxt, moving, await a.hand_off(nxt, moving, 1))
     await b.forget("p", 2)  # erased on the new owner
 

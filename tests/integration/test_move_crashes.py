@@ -31,6 +31,9 @@ from tests_support import Traffic, free_port, get_json, start_cli_server, stop_c
 from models.partitioning import partition_of
 
 PARTITIONS = 32
+# Who is killed at which step of a move: the old owner, the new owner, the coordinator.
+KILLS = [("source", "handed_off"), ("target", "taken_over"), ("coordinator", "handed_off")]
+IDENTITY_KILLS = [*KILLS[:2], ("coordinator", "others_adopted")]  # earlier in the move
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +106,7 @@ def check(c: httpx.Client, expected: Counter[str]) -> None:
         assert r.json()["counters"]["page_view"]["1h"] == n, cid
 
 
-@pytest.mark.parametrize(
-    ("victim", "at_step"),
-    [("source", "handed_off"), ("target", "taken_over"), ("coordinator", "handed_off")],
-)
+@pytest.mark.parametrize(("victim", "at_step"), KILLS)
 def test_a_move_interrupted_by_a_kill_ends_with_one_owner_and_every_event_once(
     base: str, victim: str, at_step: str
 ) -> None:
@@ -271,10 +271,7 @@ def check_people(c: httpx.Client, logins: Logins, held_before: int) -> None:
     assert identifiers_held(c) - held_before == 2 * len(logins.people), "a link lost or doubled"
 
 
-@pytest.mark.parametrize(
-    ("victim", "at_step"),
-    [("source", "handed_off"), ("target", "taken_over"), ("coordinator", "others_adopted")],
-)
+@pytest.mark.parametrize(("victim", "at_step"), IDENTITY_KILLS)
 def test_an_identity_move_with_logins_racing_it_and_a_kill_keeps_every_person_whole(
     base: str, victim: str, at_step: str
 ) -> None:
