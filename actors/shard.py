@@ -517,20 +517,28 @@ class ProfileShardImpl(HandoffEndpoints):
         live: list[int] = []
         profiles: dict[str, Profile] = {}
         items: list[tuple[Profile, DecideRequest]] = []
+        keyed: dict[tuple[str, str], int] = {}  # a keyed request's first index in this call
+        repeats: list[tuple[int, int]] = []  # (index, index of the same keyed request)
         for i, req in enumerate(requests):
             cid = req.customer_id
             moved = self.handover.moved_to(cid)
+            key = None if req.idempotency_key is None else (cid, req.idempotency_key)
             if moved is not None:
                 answers.append(moved)
             elif req.via_cache and self._recently_erased(cid):
                 answers.append(Erased(cid))
             elif (before := self.engine.decided_before(req)) is not None:
                 answers.append(before)  # a repeat of a keyed request: nothing new is recorded
+            elif key is not None and key in keyed:  # repeated within this call: one decision
+                answers.append(Expired())  # replaced below
+                repeats.append((i, keyed[key]))
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
             else:
                 answers.append(Expired())  # replaced below
                 live.append(i)
+                if key is not None:
+                    keyed[key] = i
                 if cid not in profiles:
                     profiles[cid] = self.profiles.get_or_new(cid)
                 items.append((profiles[cid], req))
@@ -540,6 +548,8 @@ class ProfileShardImpl(HandoffEndpoints):
             return Failed.of(exc)
         for i, record in zip(live, records):
             answers[i] = record
+        for i, first in repeats:
+            answers[i] = answers[first]
         if records:
             self.metrics.decided(records, self.engine.catalog)
             for cid in {r.customer_id for r in records if r.impressions}:
