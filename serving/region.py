@@ -1,8 +1,11 @@
 """``ShardRegion``: the ingress side of sharding (Akka's term).
 
-It caches the topology (partition map, profile and identity shard handles)
-from the coordinator, routes each call to the shard that owns the customer,
-and decodes the shards' typed replies (:mod:`actors.replies`) in one place:
+A :class:`PartitionRouter` caches one shard group's partition map and shard
+handles from the coordinator's topology, routes each call to the shard that
+owns the key, and decodes the shards' typed replies (:mod:`actors.replies`)
+in one place. ``ShardRegion`` is the router of profile shards (with the
+event and decide paths); its ``identities`` is the router of identity
+shards, used by ``serving/identity.py``. For both:
 
 - ``StaleEpoch``: refresh the topology and route again; while a partition
   is being handed off its new owner refuses it until it has imported it, and
@@ -64,18 +67,21 @@ def decode(reply: Any, shard: str) -> Any:
     return reply
 
 
-class ShardRegion:
-    """Routes work to shards; one per ingress replica."""
+GROUPS = {"profile": ("map", "shards"), "identity": ("identity_map", "identity_shards")}
 
-    def __init__(self, settings: Settings) -> None:
+
+class PartitionRouter:
+    """Routes work to the shards of one group (``profile`` or ``identity``) by its map."""
+
+    def __init__(self, settings: Settings, group: str = "profile") -> None:
         self.settings = settings
+        self.group = group
+        self._map_key, self._shards_key = GROUPS[group]
         self.map: PartitionMap | None = None
         self.shards: list[Any] = []
-        self.identity_shards: list[Any] = []
         self.coordinator: Any = None
         self._refresh_lock = asyncio.Lock()
         self.inflight: dict[int, int] = defaultdict(int)
-        self.on_moved: Callable[[str, str], None] | None = None
         self.reroutes = 0
         self.holds = 0  # waits for a partition in hand-off
         self._refreshed_at = 0.0
@@ -87,8 +93,8 @@ class ShardRegion:
         self.wire_calls = 0
         self.ray_calls = 0
 
-    async def start(self) -> None:
-        self.coordinator = get_or_create_coordinator(self.settings)
+    async def start(self, coordinator: Any = None) -> None:
+        self.coordinator = coordinator or get_or_create_coordinator(self.settings)
         self.node_id = ray.get_runtime_context().get_node_id()
         await self.refresh(0)
 
@@ -106,13 +112,13 @@ class ShardRegion:
                 self._refreshed_at = time.monotonic()
                 return
             self._refreshed_at = time.monotonic()
-            m = topo["map"]
+            m = topo[self._map_key]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
-            if list(map(_actor_of, topo["shards"])) != list(map(_actor_of, self.shards)):
+            shards = topo[self._shards_key]
+            if list(map(_actor_of, shards)) != list(map(_actor_of, self.shards)):
                 self._close_links()  # shards added, retired or moved node: look them up again
-            self.shards = topo["shards"]
-            self.identity_shards = topo["identity_shards"]
-            log.info("partition map epoch %s, %s shards", self.map.epoch, len(self.shards))
+            self.shards = shards
+            log.info("%s map epoch %s, %s shards", self.group, self.map.epoch, len(self.shards))
 
     @property
     def epoch(self) -> int:
@@ -122,11 +128,6 @@ class ShardRegion:
     def shard_of(self, customer_id: str) -> int:
         assert self.map is not None
         return self.map.shard_of(customer_id)
-
-    def note_moved(self, old: str, new: str) -> None:
-        """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
-        if self.on_moved is not None:
-            self.on_moved(old, new)
 
     async def after_stale(
         self, epoch: int, reply: StaleEpoch, attempt: int, deadline: float
@@ -262,30 +263,6 @@ class ShardRegion:
         self._links.clear()
         self._looked_up.clear()
 
-    async def call_for(self, customer_id: str, method: str, *args: Any, follow: bool = True) -> Any:
-        """``method(customer_id, *args, epoch)`` on the customer's shard.
-
-        Stale maps are refreshed and the call re-routed; with ``follow`` a
-        ``Moved`` answer is followed to the surviving profile.
-        """
-        deadline = time.monotonic() + self.settings.shard_call_timeout_s
-        reroutes = moves = 0
-        while True:
-            epoch = self.epoch
-            shard = self.shard_of(customer_id)
-            result = await self.invoke(shard, method, (customer_id, *args), deadline)
-            if isinstance(result, StaleEpoch):
-                reroutes += 1
-                await self.after_stale(epoch, result, reroutes, deadline)
-            elif follow and isinstance(result, Moved):
-                moves += 1
-                if moves > MAX_MOVES:
-                    raise Unavailable("profile keeps moving (merges); retry", code="rebalancing")
-                self.note_moved(customer_id, result.to)
-                customer_id = result.to
-            else:
-                return result
-
     async def scatter(
         self,
         method: str,
@@ -331,6 +308,85 @@ class ShardRegion:
                 return done
             attempt += 1
             await self.after_stale(epoch, stale, attempt, deadline)
+
+    async def everywhere(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args, epoch)`` on every shard, all at our epoch; answers in shard order.
+
+        Only for idempotent methods: while any shard refuses the epoch (a move
+        is under way), the map is refreshed (or the call held) and every shard
+        is asked again, so the answers come from one map, never missing what
+        is in transit between two shards.
+        """
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        attempt = 0
+        while True:
+            epoch = self.epoch
+            results = await asyncio.gather(
+                *(self.invoke(i, method, args, deadline) for i in range(len(self.shards)))
+            )
+            stale = [r for r in results if isinstance(r, StaleEpoch)]
+            if not stale:
+                return list(results)
+            attempt += 1
+            await self.after_stale(epoch, max(stale, key=lambda r: r.epoch), attempt, deadline)
+
+    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
+        """``method(*args)`` on every shard of the group, answers decoded, in shard order."""
+        return list(
+            await asyncio.gather(
+                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
+            )
+        )
+
+    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
+        pings = await ping_each(self.shards, timeout_s)
+        if None in pings:  # a shard moved node since our topology? Ask once, then ping again.
+            await self.refresh(self.epoch)
+            pings = await ping_each(self.shards, timeout_s)
+        return pings
+
+
+class ShardRegion(PartitionRouter):
+    """The router of profile shards, one per ingress replica; ``identities`` routes
+    to identity shards."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "profile")
+        self.identities = PartitionRouter(settings, "identity")
+        self.on_moved: Callable[[str, str], None] | None = None
+
+    async def start(self, coordinator: Any = None) -> None:
+        await super().start(coordinator)
+        await self.identities.start(self.coordinator)
+
+    def note_moved(self, old: str, new: str) -> None:
+        """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
+        if self.on_moved is not None:
+            self.on_moved(old, new)
+
+    async def call_for(self, customer_id: str, method: str, *args: Any, follow: bool = True) -> Any:
+        """``method(customer_id, *args, epoch)`` on the customer's shard.
+
+        Stale maps are refreshed and the call re-routed; with ``follow`` a
+        ``Moved`` answer is followed to the surviving profile.
+        """
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        reroutes = moves = 0
+        while True:
+            epoch = self.epoch
+            shard = self.shard_of(customer_id)
+            result = await self.invoke(shard, method, (customer_id, *args), deadline)
+            if isinstance(result, StaleEpoch):
+                reroutes += 1
+                await self.after_stale(epoch, result, reroutes, deadline)
+            elif follow and isinstance(result, Moved):
+                moves += 1
+                if moves > MAX_MOVES:
+                    raise Unavailable("profile keeps moving (merges); retry", code="rebalancing")
+                self.note_moved(customer_id, result.to)
+                customer_id = result.to
+            else:
+                return result
 
     # -- what routes use ------------------------------------------------------------------
 
@@ -397,21 +453,6 @@ class ShardRegion:
             if not pending:
                 return out
         raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
-
-    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
-        """``method(*args)`` on every profile shard, answers decoded, in shard order."""
-        return list(
-            await asyncio.gather(
-                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
-            )
-        )
-
-    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
-        pings = await ping_each(self.shards, timeout_s)
-        if None in pings:  # a shard moved node since our topology? Ask once, then ping again.
-            await self.refresh(self.epoch)
-            pings = await ping_each(self.shards, timeout_s)
-        return pings
 
 
 async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | None]:
