@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from loadtest.launcher import running_server
 
 
-def preload(url: str, work: Path, customers: int) -> int:
+def preload(url: str, work: Path, customers: int, env: dict[str, str]) -> int:
     src = work / "profiles.csv"
     members = 0
     with src.open("w") as f:
@@ -37,7 +38,7 @@ def preload(url: str, work: Path, customers: int) -> int:
            "--set", "type=profile_update", "--attribute", "age:int", "--attribute", "income:int",
            "--checkpoint", str(work / "ckpt.json"), "--rejects", str(work / "rejects.csv"),
            "--quiet"]  # fmt: skip
-    subprocess.run(cmd, check=True, timeout=1800)
+    subprocess.run(cmd, check=True, timeout=1800, env=env)
     return members
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rtim-campaign-rate-") as tmp:
         work = Path(tmp)
         with running_server(work / "server", ingress_mode=args.ingress_mode) as server:
-            members = preload(server.url, work, args.customers)
+            env = {**os.environ, "RTIM_API_KEY": server.api_key}
+            members = preload(server.url, work, args.customers, env)
             for r in range(args.repeats):
                 out = work / f"campaign-{r}.csv"
                 cmd = [sys.executable, "-m", "serving.cli", "campaign", "run", "--url",
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
                        "--batch-size", str(args.batch_size),
                        "--concurrency", str(args.concurrency)]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
                 if done.returncode != 0:
                     raise SystemExit(f"campaign failed:\n{done.stderr[-2000:]}")
                 summary = json.loads(done.stdout.strip().splitlines()[-1])

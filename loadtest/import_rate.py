@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,9 @@ def write_events(path: Path, prefix: str, rows: int, customers: int) -> None:
                 f.write(f"{cid},page_view,/p{i % 7},\n")
 
 
-def run_import(url: str, src: Path, work: Path, batch: int, concurrency: int) -> dict:
+def run_import(
+    url: str, src: Path, work: Path, batch: int, concurrency: int, api_key: str | None
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -67,7 +70,8 @@ def run_import(url: str, src: Path, work: Path, batch: int, concurrency: int) ->
         "--quiet",
     ]
     started = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "RTIM_API_KEY": api_key} if api_key else None
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     wall = time.monotonic() - started
     if out.returncode != 0:
         raise SystemExit(f"import failed ({out.returncode}):\n{out.stderr[-2000:]}")
@@ -91,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rtim-import-rate-") as tmp:
         work = Path(tmp)
 
-        def measure(url: str) -> None:
+        def measure(url: str, api_key: str | None = None) -> None:
             for r in range(args.repeats):
                 src = work / f"events-{r}.csv"
                 write_events(src, f"rate{int(time.time())}-{r}", args.rows, args.customers)
-                summary = run_import(url, src, work, args.batch_size, args.concurrency)
+                summary = run_import(url, src, work, args.batch_size, args.concurrency, api_key)
                 src.unlink()
                 if summary["applied"] != args.rows:
                     raise SystemExit(f"expected {args.rows} applied, got {summary}")
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             with running_server(
                 work / "server", ingress_mode=args.ingress_mode, fsync=args.fsync
             ) as server:
-                measure(server.url)
+                measure(server.url, server.api_key)
     rates = [r["rows_per_s"] for r in results]
     print(
         json.dumps(

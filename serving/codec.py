@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import msgpack
+import msgspec
 import yaml
 from starlette.requests import Request
 from starlette.responses import Response
@@ -76,7 +77,8 @@ async def read_body(request: Request, limit: int, yaml_ok: bool = False) -> Any:
             data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types
             raise MalformedBody(f"body is not valid msgpack: {exc}", "body") from None
-        check_text(data)
+        if not _plainly_clean(data):
+            check_text(data)
         return data
     try:
         data = json.loads(raw)
@@ -97,6 +99,20 @@ def _bad_char(text: str) -> str | None:
     except UnicodeEncodeError:
         return "a lone surrogate (not valid Unicode)"
     return None
+
+
+def _plainly_clean(data: Any) -> bool:
+    """True when no string in ``data`` can hold a NUL or a lone surrogate.
+
+    One JSON encoding in C instead of :func:`check_text`'s walk in Python (a
+    tenth of its cost on a bulk import's 1,000-event bodies): JSON escapes a
+    NUL as ``\\u0000`` and cannot encode a lone surrogate at all. False (walk
+    to find the field) on any doubt, a literal backslash-u0000 included.
+    """
+    try:
+        return b"\\u0000" not in msgspec.json.encode(data)
+    except Exception:  # unencodable (deep, odd keys): let the walk judge
+        return False
 
 
 def check_text(data: Any, field: str = "") -> None:

@@ -20,7 +20,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgspec
 
 from models.customer.events import Event
 
@@ -35,9 +35,30 @@ SEEN_IDS = 32  # event ids remembered per profile for idempotency ...
 SEEN_TTL_S = DAY  # ... for at most this long
 SEEN_STRUCT = struct.Struct("<I8s")  # (epoch seconds, digest) per remembered id
 _PACK_VERSION = 1
+# msgspec packs and unpacks the same msgpack as msgpack-python, 2x faster to pack:
+# every event batch and every decision unpacks and packs the profiles it touches.
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
 
 # History entry kinds. An impression is a contact; the rest are responses.
 IMPRESSION = "impression"
+
+
+_SEEN_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def seen_fields(seen: bytes) -> tuple:
+    """The remembered ids as one flat tuple ``(ts, digest, ts, digest, ...)``.
+
+    One ``struct`` call for all of them: the duplicate check runs for every
+    event applied, and a Python loop over 32 entries cost more than the rest
+    of applying a page view.
+    """
+    n = len(seen) // SEEN_STRUCT.size
+    layout = _SEEN_LAYOUTS.get(n)
+    if layout is None:
+        layout = _SEEN_LAYOUTS[n] = struct.Struct("<" + "I8s" * n)
+    return layout.unpack_from(seen)
 
 
 def bucket_width(age_s: float) -> int:
@@ -103,7 +124,7 @@ class Profile:
 
     def pack(self) -> bytes:
         s = self.session.to_list() if self.session is not None else None
-        return msgpack.packb(
+        return _encoder.encode(
             [
                 _PACK_VERSION,
                 self.attrs,
@@ -117,14 +138,13 @@ class Profile:
                 self.holdings,
                 self.seen,
                 self.abandoned_cart,
-            ],
-            use_bin_type=True,
+            ]
         )
 
     @classmethod
     def unpack(cls, customer_id: str, blob: bytes) -> Profile:
         (_v, attrs, consents, counters, last, first, last_seen, s, history, holdings, seen, ab) = (
-            msgpack.unpackb(blob, raw=False, strict_map_key=False)
+            _decoder.decode(blob)
         )
         session = Session(*s) if s is not None else None
         return cls(
@@ -171,16 +191,23 @@ class Profile:
     def is_duplicate(self, event_id: str, now: float) -> bool:
         """True when this event id was applied within the dedupe TTL."""
         d = event_digest(event_id)
+        fields = seen_fields(self.seen)
+        digests = fields[1::2]
+        if d not in digests:  # the common case, decided in C
+            return False
         cutoff = now - SEEN_TTL_S
-        return any(ts >= cutoff and dig == d for ts, dig in SEEN_STRUCT.iter_unpack(self.seen))
+        return any(dig == d and ts >= cutoff for ts, dig in zip(fields[0::2], digests))
 
     def remember(self, event_id: str, now: float) -> None:
+        fields = seen_fields(self.seen)
         cutoff = now - SEEN_TTL_S
-        kept = b"".join(
-            SEEN_STRUCT.pack(ts, dig)
-            for ts, dig in SEEN_STRUCT.iter_unpack(self.seen)
-            if ts >= cutoff
-        )
+        kept = self.seen
+        if fields and min(fields[0::2]) < cutoff:  # some expired: drop them
+            kept = b"".join(
+                SEEN_STRUCT.pack(ts, dig)
+                for ts, dig in zip(fields[0::2], fields[1::2])
+                if ts >= cutoff
+            )
         self.seen = (kept + SEEN_STRUCT.pack(int(now), event_digest(event_id)))[
             -SEEN_IDS * SEEN_STRUCT.size :
         ]

@@ -114,12 +114,20 @@ class ImportCheckpoint:
                 f"{', '.join(lost)}; run without --resume to start over"
             )
 
-    def save(self) -> None:
+    def encode(self) -> bytes:
+        """The file's content for the state at this moment."""
         data = {
             "version": VERSION,
             "files": [f.to_dict() for f in self.files.values()],
             "counters": self.counters,
             "rejects_bytes": self.rejects_bytes,
         }
+        return json.dumps(data).encode()
+
+    def write(self, content: bytes) -> None:
+        """Replace the file with ``content`` (from :meth:`encode`) atomically."""
         # Fsynced: a resume after a power cut must not skip rows the server never got.
-        replace_file(self.path, json.dumps(data).encode())
+        replace_file(self.path, content)
+
+    def save(self) -> None:
+        self.write(self.encode())

@@ -152,6 +152,8 @@ class Importer:
         self._rejects_csv: Any = None
         self._current: RowSource | None = None
         self._rows_read = 0
+        self._saving = asyncio.Lock()  # one checkpoint write at a time
+        self._marks = self._saved = 0  # checkpoint saves asked for / covered by a write
 
     # -- 1. checks before anything is sent ---------------------------------------------
 
@@ -215,7 +217,7 @@ class Importer:
                 self.summary.read += len(rows)
                 for fp, index, _line, _ev in rows:
                     fp.mark(index)
-                self._save_checkpoint()
+                await self._save_checkpoint()
                 return
             error = body.get("error", {}) if isinstance(body, dict) else {}
             message = str(error.get("message", body))
@@ -235,16 +237,30 @@ class Importer:
                 continue
             raise ImportAborted(f"the server refused a batch (HTTP {status}): {message}")
 
-    def _save_checkpoint(self) -> None:
+    async def _save_checkpoint(self) -> None:
+        """Record every row marked done so far; return once a write covering them is on disk.
+
+        The write (rename and fsync: milliseconds on a busy disk) runs in a
+        thread so the other lanes keep reading and sending meanwhile; one
+        write at a time, each of the newest state, and a caller whose marks
+        a later snapshot already covered does not write again.
+        """
         assert self._rejects is not None
-        self.checkpoint.counters = {
-            "read": self.summary.read,
-            "applied": self.summary.applied,
-            "duplicates": self.summary.duplicates,
-            "rejected": self.summary.rejected,
-        }
-        self.checkpoint.rejects_bytes = self._rejects.tell()
-        self.checkpoint.save()
+        self._marks += 1
+        mine = self._marks
+        async with self._saving:
+            if self._saved >= mine:
+                return
+            self.checkpoint.counters = {
+                "read": self.summary.read,
+                "applied": self.summary.applied,
+                "duplicates": self.summary.duplicates,
+                "rejected": self.summary.rejected,
+            }
+            self.checkpoint.rejects_bytes = self._rejects.tell()
+            content, covers = self.checkpoint.encode(), self._marks
+            await asyncio.to_thread(self.checkpoint.write, content)
+            self._saved = covers
 
     def _open_rejects(self) -> None:
         path = self.options.rejects
@@ -361,7 +377,7 @@ class Importer:
                     lane.task.cancel()
             raise
         fp.complete = True
-        self._save_checkpoint()
+        await self._save_checkpoint()
 
     async def _dispatch(self, sender: RetryingClient, lane: _Pending) -> None:
         """Send the lane's open batch once its previous batch is acknowledged."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import msgpack
 import pytest
 
 from models.customer.events import Event
@@ -168,6 +169,27 @@ def test_duplicates_are_remembered_for_a_bounded_number_and_time() -> None:
         p.apply(e("page_view"), NOW, GAP)
     assert not p.is_duplicate(first.event_id, NOW)  # pushed out of the ring
     assert len(p.seen) == SEEN_IDS * 12
+
+
+def test_remembering_an_id_forgets_the_expired_ones_and_keeps_the_rest() -> None:
+    p = Profile("c1")
+    old, recent = e("page_view", NOW - 2 * 86400), e("page_view", NOW)
+    p.apply(old, NOW - 2 * 86400, GAP)
+    p.apply(recent, NOW - 60, GAP)
+    p.apply(e("page_view"), NOW, GAP)  # the first id is past the TTL by now: dropped
+    assert len(p.seen) == 2 * 12
+    assert p.is_duplicate(recent.event_id, NOW)
+    assert not p.is_duplicate(old.event_id, NOW - 2 * 86400)
+
+
+def test_packed_profile_is_the_msgpack_older_snapshots_hold() -> None:
+    cart = e("add_to_cart", item="x", qty=2, price=9.5)
+    p = apply(Profile("c1"), e("page_view", page="/a"), cart)
+    p.record_contact(NOW, "o1", "web", "impression")
+    blob = p.pack()
+    fields = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    assert blob == msgpack.packb(fields, use_bin_type=True)
+    assert Profile.unpack("c1", msgpack.packb(fields, use_bin_type=True)) == p
 
 
 def test_pack_roundtrip_keeps_everything() -> None:
