@@ -234,3 +234,28 @@ def on_other_shards(settings: object) -> tuple[str, str]:
             identifier_key("cookie", cookie)
         ) != pmap.shard_of(identifier_key("account", account)):
             return cookie, account
+
+
+async def kill_shard(index: int, timeout_s: float = 120.0) -> None:
+    """kill -9 profile shard ``index`` (Ray restarts it) and wait until the new process
+    answers. ``ray.kill`` returns at once: without the wait, the next request may still
+    reach the dying process, and the restart lands in whatever runs next."""
+    import asyncio
+    import time
+
+    import ray
+
+    from actors.shard import NAMESPACE, shard_name
+
+    shard = ray.get_actor(shard_name(index), namespace=NAMESPACE)
+    killed = (await shard.ping.remote())["pid"]
+    ray.kill(shard, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if (await asyncio.wait_for(shard.ping.remote(), 5))["pid"] != killed:
+                return
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"shard {index} was not back within {timeout_s} s of the kill")

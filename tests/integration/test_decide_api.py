@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from tests_support import auth_headers, replica_urls
+from tests_support import auth_headers, kill_shard, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.decisioning.catalog import load_catalog
@@ -401,8 +401,8 @@ async def test_same_node_replicas_decide_over_the_shard_socket_and_survive_a_sha
         urls = replica_urls(expect=2)
         for url in urls:  # both replicas, both shards
             await wire_used_by(c, url, cids)
-        # kill -9 the shard: calls in flight fail over to Ray, then to its new socket.
-        ray.kill(ray.get_actor(shard_name(0), namespace=NAMESPACE), no_restart=False)
+        # kill -9 the shard: the restarted process has a new socket; decides find it.
+        await kill_shard(0)
         await decide_on_each_shard(c, urls[0], cids)  # answered by the restarted shard
         for url in urls:
             await wire_used_by(c, url, cids)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import ray
 import yaml
-from tests_support import auth_headers
+from tests_support import auth_headers, kill_shard
 
 from actors.shard import NAMESPACE, shard_name
 from models.decisioning.experiments import Experiments, load_experiments
@@ -208,7 +208,7 @@ async def test_a_shard_killed_right_after_answering_loses_no_history_row(
     assert r.status_code == 200
     ids = {d["decision_id"] for d in r.json()["decisions"]}
     assert not any(d["fallback"] for d in r.json()["decisions"])
-    ray.kill(ray.get_actor(shard_name(0), namespace=NAMESPACE), no_restart=False)
+    await kill_shard(0)
     deadline = time.monotonic() + 60
     while True:  # the restarted shard answers again
         # A generous deadline: right after the restart the replica's round-trip estimate

@@ -15,7 +15,7 @@ from collections import Counter
 
 import httpx
 import ray
-from tests_support import auth_headers
+from tests_support import auth_headers, kill_shard
 
 from actors.shard import NAMESPACE, shard_name
 from models.access import KeyStore
@@ -175,21 +175,9 @@ async def test_a_killed_shard_neither_loses_nor_double_counts_its_report_counter
     assert r.status_code == 200, r.text
     await decide_and_respond(client, on0[10:20], every=3)  # ... and some only in the journal
     before = await volumes(client)
-    shard = ray.get_actor(shard_name(0), namespace=NAMESPACE)
-    killed = (await shard.ping.remote())["pid"]
-    ray.kill(shard, no_restart=False)
-    deadline = time.monotonic() + 120
-    while True:  # ray.kill returns at once: wait for the restarted process, not the old one
-        try:
-            pid = (await asyncio.wait_for(shard.ping.remote(), 5))["pid"]
-            if pid != killed:
-                r = await client.get("/v1/reports/volumes", params={"channel": "web"})
-                if r.status_code == 200:
-                    break
-        except (httpx.HTTPError, ray.exceptions.RayError, asyncio.TimeoutError):
-            pass
-        assert time.monotonic() < deadline, "reports did not come back after the shard kill"
-        await asyncio.sleep(0.3)
+    await kill_shard(0)
+    r = await client.get("/v1/reports/volumes", params={"channel": "web"})
+    assert r.status_code == 200, r.text
     after = web_totals(r.json())
     for field in ("decisions", "positives", "impressions", "responses"):
         assert {k: v[field] for k, v in after.items()} == {k: v[field] for k, v in before.items()}
