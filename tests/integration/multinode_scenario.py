@@ -5,9 +5,9 @@ nodes (``ray.cluster_utils.Cluster``), the server on them with a data
 directory every node shares, and a client sending events and decides the
 whole time. Then: scale 2 → 4 shards, add a node and rebalance (spread
 shards onto it), lose a worker node that hosts shards (all its processes
-killed), drain another node (its shards restart elsewhere) and remove it,
-scale back to 2. Prints one JSON
-line with what it saw; the test asserts on it.
+killed), drain another node (its shards restart elsewhere; a rebalance
+right after must not bring any back) and remove it, scale back to 2.
+Prints one JSON line with what it saw; the test asserts on it.
 
     python tests/integration/multinode_scenario.py <data_dir> <port>
 """
@@ -73,6 +73,11 @@ def shards_on(c: httpx.Client) -> list[dict]:
     return get(c, "/v1/admin/shards")["shards"]
 
 
+def misplaced(job: dict) -> list[dict]:
+    """The job's relocations that did not land on the node asked for."""
+    return [m for m in job["last_moves"] if m.get("landed") != m.get("node")]
+
+
 def main() -> None:
     data_dir, port = sys.argv[1], int(sys.argv[2])
     log: list[str] = []
@@ -120,6 +125,7 @@ def main() -> None:
             job = wait_job(c)
             result["relocated_to_new_node"] = job["moves_done"]
             result["relocations"] = job["last_moves"]
+            result["misplaced"] = misplaced(job)
             spread = {s["shard"]: s["node"] for s in shards_on(c)}
             result["nodes_after_rebalance"] = len(set(spread.values()))
             step(f"node added; rebalanced: {result['relocated_to_new_node']} shards moved, "
@@ -146,10 +152,23 @@ def main() -> None:
             drained = next((n for n in spread.values() if n in by_node), None)
             if drained is not None:
                 start_job(c, "POST", "/v1/admin/rebalance", {"drain": drained})
-                wait_job(c)
+                job = wait_job(c)
+                result["misplaced"] += misplaced(job)
                 left = [s for s in shards_on(c) if s["node"] == drained]
                 assert not left, f"shards still on the drained node: {left}"
                 result["drained_shards"] = sorted(s for s, n in spread.items() if n == drained)
+                nodes = {n["node"]: n for n in get(c, "/v1/admin/nodes")["nodes"]}
+                # Still up (the coordinator or an identity shard may run there) and marked
+                # draining, or already stopped by Ray (nothing holding resources ran there).
+                result["drained_node_state"] = (
+                    "gone" if drained not in nodes else
+                    "draining" if nodes[drained]["draining"] else "schedulable"
+                )  # fmt: skip
+                # The drained node is the emptiest: a rebalance would fill it if it could.
+                start_job(c, "POST", "/v1/admin/rebalance", {})
+                job = wait_job(c)
+                result["misplaced"] += misplaced(job)
+                result["shards_back_on_drained"] = [s for s in shards_on(c) if s["node"] == drained]
                 cluster.remove_node(by_node[drained])
                 workers.remove(by_node[drained])
                 step(f"drained shards {result['drained_shards']} off a node and removed it")
