@@ -4,8 +4,9 @@
 ``--address``), the shard actors and the HTTP API, prints the URLs, and
 stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
 (over its admin API) to move partitions live onto N shards, ``rtim rebalance``
-to spread its shards over the cluster's nodes (``--drain NODE_ID``: move every
-shard off that node before it is removed); both print the progress until done.
+to spread its shards over the cluster's nodes (``--drain NODE_ID``: mark that
+node draining in Ray and move every shard off it before it is removed); both
+print the progress until done.
 ``rtim evaluate`` scores a candidate policy on logged history offline
 (``serving/evaluate.py``).
 """
@@ -164,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(sc)
     sc.set_defaults(func=_scale)
     rb = sub.add_parser("rebalance", help="spread shards over the cluster's nodes (or drain one)")
-    rb.add_argument("--drain", metavar="NODE_ID", help="move every shard off this node instead")
+    rb.add_argument(
+        "--drain",
+        metavar="NODE_ID",
+        help="mark this node draining in Ray (no shard starts there again) and move its shards off",
+    )
     _job_arguments(rb)
     rb.set_defaults(func=_rebalance)
     from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser
