@@ -87,11 +87,17 @@ def main() -> None:
         log.append(f"{time.monotonic() - started:6.1f}s {msg}")
         print(log[-1], file=sys.stderr, flush=True)
 
+    # No dashboard: its processes only slow the start-up of a loaded machine.
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}}
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
     )
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+    except BaseException:
+        cluster.shutdown()  # no Ray processes left behind by a start-up that timed out
+        raise
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     step("cluster: head + 2 workers")
     settings = load_settings(None, {"port": port, "shards": 2, "partitions": PARTITIONS,

@@ -33,13 +33,19 @@ pytestmark = pytest.mark.multinode
 SCENARIO = Path(__file__).with_name("multinode_scenario.py")
 
 
-def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> None:
+# Ray's own start-up of a local node gives up after a fixed 30 s ("The current node
+# timed out during startup"), which a 2-core machine under other load can exceed
+# before anything of RTIM runs: that, and only that, is started again (once).
+CLUSTER_DID_NOT_START = "timed out during startup"
+
+
+def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
     # A private Ray temp directory: the cluster's "current cluster" file must
     # not make other Ray programs on this machine join it.
     ray_tmp = tempfile.mkdtemp(prefix="rtim-mn-", dir="/tmp")
     try:
         run = subprocess.run(
-            [sys.executable, str(SCENARIO), str(tmp_path / "data"), str(free_port())],
+            [sys.executable, str(SCENARIO), str(data_dir), str(free_port())],
             capture_output=True,
             text=True,
             timeout=420,
@@ -48,8 +54,15 @@ def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> 
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert lines, run.stderr[-4000:]
-    result = json.loads(lines[-1])
+    return run, json.loads(lines[-1]) if lines else None
+
+
+def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> None:
+    run, result = run_scenario(tmp_path / "data")
+    if result is None and CLUSTER_DID_NOT_START in run.stderr:
+        print("the local Ray cluster did not start (Ray's 30 s node start-up limit); again")
+        run, result = run_scenario(tmp_path / "data-again")
+    assert result is not None, run.stderr[-4000:]
     print("\n".join(result["log"]))
     assert run.returncode == 0, (result.get("log"), run.stderr[-4000:])
     # Placement is exact: 2 shards + 2 new ones on 3 one-CPU nodes (one each at least), then
