@@ -33,10 +33,11 @@ pytestmark = pytest.mark.multinode
 SCENARIO = Path(__file__).with_name("multinode_scenario.py")
 
 
-# Ray's own start-up of a local node gives up after a fixed 30 s ("The current node
-# timed out during startup"), which a 2-core machine under other load can exceed
-# before anything of RTIM runs: that, and only that, is started again (once).
-CLUSTER_DID_NOT_START = "timed out during startup"
+# Ray's own start-up of a local cluster fails on a 2-core machine under heavy other
+# load (a node's start-up is limited to a fixed 30 s; a worker process slow to
+# register is killed): a scenario that failed before its server was up is started
+# again, once. Everything after "server up" (scaling, node loss, drain) runs once.
+SERVER_UP = "server up"
 
 
 def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
@@ -49,7 +50,13 @@ def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | No
             capture_output=True,
             text=True,
             timeout=420,
-            env={**os.environ, "RAY_TMPDIR": ray_tmp, "RTIM_AUTH": "false"},
+            env={
+                **os.environ,
+                "RAY_TMPDIR": ray_tmp,
+                "RTIM_AUTH": "false",
+                # Ray's default (60 s) kills workers that a loaded machine starts slowly.
+                "RAY_worker_register_timeout_seconds": "240",
+            },
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -59,8 +66,9 @@ def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | No
 
 def test_scale_out_node_loss_drain_and_scale_in_lose_nothing(tmp_path: Path) -> None:
     run, result = run_scenario(tmp_path / "data")
-    if result is None and CLUSTER_DID_NOT_START in run.stderr:
-        print("the local Ray cluster did not start (Ray's 30 s node start-up limit); again")
+    if result is None or not any(SERVER_UP in line for line in result["log"]):
+        print("the local Ray cluster or the server on it did not start; again:")
+        print(run.stderr[-1500:])
         run, result = run_scenario(tmp_path / "data-again")
     assert result is not None, run.stderr[-4000:]
     print("\n".join(result["log"]))
