@@ -35,7 +35,7 @@ SCENARIO = Path(__file__).with_name("multinode_scenario.py")
 
 # Ray's own start-up of a local cluster fails on a 2-core machine under heavy other
 # load (a node's start-up is limited to a fixed 30 s; a worker process slow to
-# register is killed): a scenario that failed before its server was up is started
+# register or a Serve proxy slow to be ready is killed): a scenario that failed before its server was up is started
 # again, once. Everything after "server up" (scaling, node loss, drain) runs once.
 SERVER_UP = "server up"
 
@@ -54,8 +54,10 @@ def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | No
                 **os.environ,
                 "RAY_TMPDIR": ray_tmp,
                 "RTIM_AUTH": "false",
-                # Ray's default (60 s) kills workers that a loaded machine starts slowly.
+                # Ray's defaults (60 s for a worker to register, 5 s for Serve's HTTP
+                # proxy to be ready) give up on processes a loaded machine starts slowly.
                 "RAY_worker_register_timeout_seconds": "240",
+                "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
             },
         )
     finally:
