@@ -35,8 +35,9 @@ SCENARIO = Path(__file__).with_name("multinode_scenario.py")
 
 # Ray's own start-up of a local cluster fails on a 2-core machine under heavy other
 # load (a node's start-up is limited to a fixed 30 s; a worker process slow to
-# register or a Serve proxy slow to be ready is killed): a scenario that failed before its server was up is started
-# again, once. Everything after "server up" (scaling, node loss, drain) runs once.
+# register or a Serve proxy slow to be ready is killed): a scenario that failed
+# before its server was up is started again, once. Everything after "server up"
+# (scaling, node loss, drain) runs once.
 SERVER_UP = "server up"
 
 
