@@ -73,6 +73,13 @@ def shards_on(c: httpx.Client) -> list[dict]:
     return get(c, "/v1/admin/shards")["shards"]
 
 
+def stop_cluster(cluster: Cluster) -> None:
+    """Kill every node's processes (a graceful stop took over a minute on a loaded machine)."""
+    for node in [*cluster.worker_nodes, cluster.head_node]:
+        if node is not None:
+            cluster.remove_node(node, allow_graceful=False)
+
+
 def misplaced(job: dict) -> list[dict]:
     """The job's relocations that did not land on the node asked for."""
     return [m for m in job["last_moves"] if m.get("landed") != m.get("node")]
@@ -87,16 +94,14 @@ def main() -> None:
         log.append(f"{time.monotonic() - started:6.1f}s {msg}")
         print(log[-1], file=sys.stderr, flush=True)
 
-    # No dashboard: its processes only slow the start-up of a loaded machine.
     cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+        initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}}
     )
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
     except BaseException:
-        cluster.shutdown()  # no Ray processes left behind by a start-up that timed out
+        stop_cluster(cluster)  # no Ray processes left behind by a start-up that timed out
         raise
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     step("cluster: head + 2 workers")
@@ -225,7 +230,7 @@ def main() -> None:
             pass
         print(json.dumps(result), flush=True)
         ray.shutdown()
-        cluster.shutdown()
+        stop_cluster(cluster)
 
 
 if __name__ == "__main__":

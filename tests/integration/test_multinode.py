@@ -50,7 +50,7 @@ def run_scenario(data_dir: Path) -> tuple[subprocess.CompletedProcess, dict | No
             [sys.executable, str(SCENARIO), str(data_dir), str(free_port())],
             capture_output=True,
             text=True,
-            timeout=420,
+            timeout=600,  # about 2 minutes on a quiet machine, up to 8 under heavy load
             env={
                 **os.environ,
                 "RAY_TMPDIR": ray_tmp,
