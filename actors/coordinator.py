@@ -1,16 +1,18 @@
 """``ShardCoordinator``: creates the shards and owns the cluster-wide state.
 
 One named, detached coordinator per deployment. It owns the partition map
-(with its epoch), the identity shard count, the active catalogue and the
-active model version, persists them in ``<data_dir>/coordinator.json``
-(written atomically), and pushes activations to every shard.
+of profile shards and the one of identity shards (each with its epoch), the
+active catalogue and the active model version, persists them in
+``<data_dir>/coordinator.json`` (written atomically), and pushes activations
+to every shard.
 
 The map is the truth about where profiles live: a restart uses the stored
 map, never a fresh one, so a data directory created with N shards keeps
 serving every customer whatever ``shards`` says now. ``shards: 0`` keeps the
 stored count; another explicit count is reached after start-up by live
 partition moves (:func:`rescale_to`, ``actors/rebalance.py``); a changed
-partition count is refused (:func:`layout_conflict`).
+partition count is refused (:func:`layout_conflict`). The identity map is
+kept the same way and changes only by ``rtim scale --identity-shards N``.
 
 Ingress replicas ask it for the topology (map + shard handles) once, cache
 it, and ask again only when a shard says their epoch is stale or a decision
@@ -31,7 +33,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.identity import IdentityShard, identity_name
+from actors.identity import IdentityShard, identity_dir, identity_name
 from actors.nodes import (
     SHARD_CPUS,
     all_live_nodes,
@@ -44,6 +46,7 @@ from actors.rebalance import (
     STEP_TIMEOUT_S,
     MoveStalled,
     Progress,
+    ShardGroup,
     moves_for,
     next_map,
     until_done,
@@ -82,11 +85,30 @@ def stored_map(settings: Settings) -> PartitionMap | None:
     saved = load_state(settings.data_dir).get("map")
     if saved:
         return PartitionMap.from_dict(saved)
-    indexes = [int(d.name.removeprefix("shard-")) for d in Path(settings.data_dir).glob("shard-*")
-               if d.name.removeprefix("shard-").isdigit()]  # fmt: skip
-    if indexes:
-        return PartitionMap.initial(settings.partitions, max(indexes) + 1)
-    return None
+    return _round_robin(settings, "shard-", None)
+
+
+def stored_identity_map(settings: Settings) -> PartitionMap | None:
+    """The data directory's identity partition map, or None for a new data directory.
+
+    Before identity partitions could move, the state kept only a count
+    (``identity_shards``) and keys went to ``partition % count``: that is
+    the round-robin map over the count.
+    """
+    state = load_state(settings.data_dir)
+    if state.get("identity_map"):
+        return PartitionMap.from_dict(state["identity_map"])
+    return _round_robin(settings, "identity-", state.get("identity_shards"))
+
+
+def _round_robin(settings: Settings, prefix: str, count: int | None) -> PartitionMap | None:
+    """The map of a directory written before maps were stored: ``count`` or the
+    ``<prefix>N`` directories' count shards, round-robin."""
+    if not count:
+        names = [d.name.removeprefix(prefix) for d in Path(settings.data_dir).glob(f"{prefix}*")]
+        indexes = [int(n) for n in names if n.isdigit()]
+        count = max(indexes) + 1 if indexes else None
+    return PartitionMap.initial(settings.partitions, count) if count else None
 
 
 def layout_conflict(settings: Settings) -> str | None:
@@ -140,25 +162,47 @@ class ShardCoordinatorImpl:
             self.model_version = newest_model(self.settings)
         # The stored map, never a fresh one: a fresh map over another shard
         # count would leave some partitions' data unserved.
-        stored = stored_map(self.settings)
-        self.map = stored or PartitionMap.initial(
+        pmap = stored_map(self.settings) or PartitionMap.initial(
             self.settings.partitions, shard_count(self.settings)
         )
-        # Identity entries are placed by partition modulo this count, which
-        # therefore never changes for a data directory.
-        self.identity_count: int = saved.get("identity_shards") or self.map.shards
         # A move planned but not finished when the coordinator stopped: resumed
         # by the first call that needs the topology (actors/rebalance.py).
-        self.move: dict | None = saved.get("move")
+        self.profile = ShardGroup("profile", pmap, saved.get("move"), self._shard,
+                                  lambda i: shard_dir(self.settings.data_dir, i))  # fmt: skip
+        id_map = stored_identity_map(self.settings) or PartitionMap.initial(
+            self.settings.partitions, pmap.shards
+        )
+        self.identity = ShardGroup("identity", id_map, saved.get("identity_move"),
+                                   self._identity_shard,
+                                   lambda i: identity_dir(self.settings.data_dir, i))  # fmt: skip
+        self.groups = (self.profile, self.identity)
         self._save_state()
         self.progress = Progress()
         self.job: asyncio.Task | None = None  # the running scaling or move job
         self.resumed: asyncio.Task | None = None  # what this coordinator did first
-        shards = self.map.shards
-        if self.move:
-            shards = max(shards, PartitionMap.from_dict(self.move["map"]).shards)
-        self.shards = [self._shard(i) for i in range(shards)]
-        self.identity_shards = [self._identity_shard(i) for i in range(self.identity_count)]
+        for g in self.groups:
+            g.handles = [g.start(i, None) for i in range(g.size())]
+
+    # The profile group under the names the rest of the coordinator uses.
+    @property
+    def map(self) -> PartitionMap:
+        return self.profile.map
+
+    @map.setter
+    def map(self, value: PartitionMap) -> None:
+        self.profile.map = value
+
+    @property
+    def shards(self) -> list[Any]:
+        return self.profile.handles
+
+    @shards.setter
+    def shards(self, value: list[Any]) -> None:
+        self.profile.handles = value
+
+    @property
+    def identity_shards(self) -> list[Any]:
+        return self.identity.handles
 
     def _load_state(self) -> dict:
         return load_state(self.settings.data_dir)
@@ -167,9 +211,12 @@ class ShardCoordinatorImpl:
         data = {
             "catalog": self.catalog,
             "model_version": self.model_version,
-            "map": self.map.to_dict(),
-            "identity_shards": self.identity_count,
-            "move": self.move,
+            "map": self.profile.map.to_dict(),
+            "move": self.profile.move,
+            "identity_map": self.identity.map.to_dict(),
+            "identity_move": self.identity.move,
+            # The count alone, for readers of the state from before identity moves.
+            "identity_shards": self.identity.map.shards,
         }
         replace_file(self.state_path, json.dumps(data).encode())
 
@@ -202,27 +249,25 @@ class ShardCoordinatorImpl:
             index, self.settings.to_dict(), self.map.to_dict(), self.catalog, self.model_version
         )
 
-    def _identity_shard(self, index: int) -> Any:
-        return IdentityShard.options(**self._options(identity_name(index))).remote(
-            index, self.settings.to_dict(), self.settings.identity or None
-        )
+    def _identity_shard(self, index: int, node: str | None = None) -> Any:
+        return IdentityShard.options(**self._options(identity_name(index), node)).remote(
+            index, self.settings.to_dict(), self.settings.identity or None,
+            self.identity.map.to_dict(),
+        )  # fmt: skip
 
     async def topology(self) -> dict[str, Any]:
-        """The partition map and the profile and identity shard handles, index-aligned.
+        """The profile and identity maps and shard handles (index-aligned with each map).
 
         This is the one way to find shard actors: ingress replicas and shards
         ask it and cache the answer.
         """
         self._resume()
         return {
-            "map": self.routing_map().to_dict(),
+            "map": self.profile.routing_map().to_dict(),
             "shards": self.shards,
+            "identity_map": self.identity.routing_map().to_dict(),
             "identity_shards": self.identity_shards,
         }
-
-    def routing_map(self) -> PartitionMap:
-        """The map requests follow: the planned one while a move is in flight."""
-        return PartitionMap.from_dict(self.move["map"]) if self.move else self.map
 
     async def wait_ready(self, timeout_s: float = 60.0) -> list[dict]:
         self._resume()
@@ -273,10 +318,13 @@ class ShardCoordinatorImpl:
         multi-node scenario's "events never acknowledged again").
         """
         if self.resumed is None:
-            if self.move:
-                self.resumed = self._start(self._run_job([], None), self._job_progress([], None))
+            if self._moving():
+                self.resumed = self._start(self._run_job([]), self._job_progress([]))
             else:
                 self.resumed = asyncio.get_running_loop().create_task(self._sync_shards())
+
+    def _moving(self) -> bool:
+        return any(g.move for g in self.groups)
 
     def _start(self, job: Coroutine[Any, Any, None], progress: Progress) -> asyncio.Task:
         """Run ``job`` as the one scaling or move job (there is never a second).
@@ -293,69 +341,91 @@ class ShardCoordinatorImpl:
         self.job = asyncio.get_running_loop().create_task(job)
         return self.job
 
-    def _job_progress(self, moves: list[Move], shards: int | None) -> Progress:
-        return Progress(True, shards, len(moves) + bool(self.move))
+    def _job_progress(self, plan: list[tuple[ShardGroup, list[Move], int | None]]) -> Progress:
+        """The progress of a job running ``plan`` after any half-done moves."""
+        total = sum(len(moves) for _, moves, _ in plan) + sum(bool(g.move) for g in self.groups)
+        targets = {g.kind: n for g, _, n in plan}
+        return Progress(True, targets.get("profile"), targets.get("identity"), moves_total=total)
 
     async def _sync_shards(self) -> None:
         """After a crash between persisting a map and pushing it: push it, forget old exports."""
-        try:
-            await self._adopt_everywhere(self.map.to_dict())
-            pings = await asyncio.gather(*(s.ping.remote() for s in self.shards))
-            await asyncio.gather(*(self.shards[i].acknowledge_hand_off.remote(e)
-                                   for i, ping in enumerate(pings) for e in ping["outbox"]
-                                   if e <= self.map.epoch))  # fmt: skip
-        except (MoveStalled, ray.exceptions.RayError) as exc:
-            log.error("could not bring every shard to map epoch %s: %s", self.map.epoch, exc)
+        for g in self.groups:
+            try:
+                await self._adopt_everywhere(g, g.map.to_dict())
+                pings = await asyncio.gather(*(s.ping.remote() for s in g.handles))
+                await asyncio.gather(*(g.handles[i].acknowledge_hand_off.remote(e)
+                                       for i, ping in enumerate(pings) for e in ping["outbox"]
+                                       if e <= g.map.epoch))  # fmt: skip
+            except (MoveStalled, ray.exceptions.RayError) as exc:
+                log.error("could not bring every %s to map epoch %s: %s",
+                          g.label, g.map.epoch, exc)  # fmt: skip
 
     def _busy(self) -> bool:
         return self.job is not None and not self.job.done()
 
-    def _refusal(self, shards: int | None = None) -> Failed | None:
+    def _refusal(self, **counts: int | None) -> Failed | None:
+        """Why a scaling or move job cannot start now (``counts``: shards asked for, by name)."""
         self._resume()
-        if self.move and not self._busy():  # a move that stalled earlier: try it again
-            self._start(self._run_job([], None), self._job_progress([], None))
-        if self._busy() or self.move:
+        if self._moving() and not self._busy():  # a move that stalled earlier: try it again
+            self._start(self._run_job([]), self._job_progress([]))
+        if self._busy() or self._moving():
             return Failed(
                 "move_in_progress",
                 "a partition move is running; wait for it (GET /v1/admin/rebalance) and try again",
             )
-        if shards is not None and not 1 <= shards <= self.map.partitions:
-            return Failed(
-                "invalid_request",
-                f"shards must be between 1 and the number of "
-                f"partitions ({self.map.partitions}), got {shards}",
-                "shards",
-            )
+        for name, n in counts.items():
+            if n is not None and not 1 <= n <= self.map.partitions:
+                return Failed(
+                    "invalid_request",
+                    f"{name} must be between 1 and the number of "
+                    f"partitions ({self.map.partitions}), got {n}",
+                    name,
+                )
         return None
 
-    async def scale(self, shards: int) -> dict[str, Any] | Failed:
-        """Start moving partitions so that ``shards`` shards hold about equal numbers of them."""
-        refused = self._refusal(shards)
+    async def scale(
+        self, shards: int | None, identity_shards: int | None = None
+    ) -> dict[str, Any] | Failed:
+        """Start moving partitions so that each group's shards hold about equal numbers of them.
+
+        ``shards``: profile shards, ``identity_shards``: identity shards (None: as they are).
+        """
+        refused = self._refusal(shards=shards, identity_shards=identity_shards)
         if refused:
             return refused
-        moves = moves_for(self.map, shards, self.settings.move_partitions)
-        self._start(self._run_job(moves, shards), self._job_progress(moves, shards))
+        k = self.settings.move_partitions
+        plan = [(g, moves_for(g.map, n, k), n)
+                for g, n in ((self.profile, shards), (self.identity, identity_shards))
+                if n is not None]  # fmt: skip
+        self._start(self._run_job(plan), self._job_progress(plan))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
-    async def move_partitions(self, partitions: list[int], to: int) -> dict[str, Any] | Failed:
-        """Start moving ``partitions`` (each from its current owner) to shard ``to``."""
+    async def move_partitions(
+        self, partitions: list[int], to: int, identity: bool = False
+    ) -> dict[str, Any] | Failed:
+        """Start moving ``partitions`` (each from its current owner) to shard ``to``.
+
+        ``identity``: identity partitions between identity shards.
+        """
         refused = self._refusal()
         if refused:
             return refused
-        unknown = [p for p in partitions if not 0 <= p < self.map.partitions]
+        g = self.identity if identity else self.profile
+        unknown = [p for p in partitions if not 0 <= p < g.map.partitions]
         if unknown:
             return Failed("not_found", f"no such partition(s): {unknown}", "partitions")
-        if not 0 <= to < self.map.shards:
-            return Failed("not_found", f"no such shard: {to} (there are {self.map.shards})", "to")
+        if not 0 <= to < g.map.shards:
+            return Failed("not_found", f"no such {g.label}: {to} (there are {g.map.shards})", "to")
         sources: dict[int, list[int]] = {}
         for p in sorted(set(partitions)):
-            if self.map.owners[p] != to:
-                sources.setdefault(self.map.owners[p], []).append(p)
+            if g.map.owners[p] != to:
+                sources.setdefault(g.map.owners[p], []).append(p)
         k = self.settings.move_partitions
         moves = [Move(src, to, tuple(ps[i : i + k]))
                  for src, ps in sorted(sources.items()) for i in range(0, len(ps), k)]  # fmt: skip
-        self._start(self._run_job(moves, None), self._job_progress(moves, None))
+        plan = [(g, moves, None)]
+        self._start(self._run_job(plan), self._job_progress(plan))
         await asyncio.sleep(0)
         return self.progress.to_dict()
 
@@ -363,38 +433,25 @@ class ShardCoordinatorImpl:
         self._resume()
         return {
             **self.progress.to_dict(),
-            "map": self.routing_map().to_dict(),
+            "map": self.profile.routing_map().to_dict(),
+            "identity_map": self.identity.routing_map().to_dict(),
             "coordinator_pid": os.getpid(),
         }
 
-    async def _run_job(self, moves: list[Move], shards: int | None) -> None:
-        """Run ``moves`` one after another (after a half-done one), then add/retire shards."""
+    async def _run_job(self, plan: list[tuple[ShardGroup, list[Move], int | None]]) -> None:
+        """For each group in ``plan``: after a half-done move, run its moves one after
+        another, adding shards first and retiring shards last."""
         p = self.progress
+        resuming = [g for g in self.groups if g.move]
         resumed = self.resumed
         if resumed is not None and resumed is not asyncio.current_task():
             await asyncio.wait([resumed])  # the start-up sync pushes the map first
         try:
-            if self.move:
-                await self._finish_move()
+            for g in resuming:
+                await self._finish_move(g)
                 p.moves_done += 1
-            if shards is not None and shards > len(self.shards):
-                await self._add_shards(shards)
-            for move in moves:
-                self.move = {
-                    "map": next_map(self.map, move, shards or self.map.shards).to_dict(),
-                    "source": move.source,
-                    "target": move.target,
-                    "partitions": list(move.partitions),
-                }
-                self._save_state()
-                await self._finish_move()
-                p.moves_done += 1
-            if shards is not None and shards < self.map.shards:
-                await self._retire_shards(shards)
-            elif shards is not None and shards > self.map.shards:
-                self.map = PartitionMap(self.map.epoch + 1, self.map.owners, shards)
-                self._save_state()
-                await self._adopt_everywhere(self.map.to_dict())
+            for g, moves, shards in plan:
+                await self._run_moves(g, moves, shards)
         except MoveStalled as exc:
             p.error = str(exc)
             log.error("rebalance stalled: %s", exc)
@@ -406,12 +463,34 @@ class ShardCoordinatorImpl:
             p.current = None
             p.finished_at = time.time()
 
-    async def _finish_move(self) -> None:
-        """Steps 2-5 of the persisted move (each repeated until it succeeds)."""
-        assert self.move is not None
-        m = self.move
+    async def _run_moves(self, g: ShardGroup, moves: list[Move], shards: int | None) -> None:
+        """``moves`` of group ``g`` one at a time; then ``shards`` shards (if given)."""
+        if shards is not None and shards > len(g.handles):
+            await self._add_shards(g, shards)
+        for move in moves:
+            g.move = {
+                "map": next_map(g.map, move, shards or g.map.shards).to_dict(),
+                "source": move.source,
+                "target": move.target,
+                "partitions": list(move.partitions),
+            }
+            self._save_state()
+            await self._finish_move(g)
+            self.progress.moves_done += 1
+        if shards is not None and shards < g.map.shards:
+            await self._retire_shards(g, shards)
+        elif shards is not None and shards > g.map.shards:
+            g.map = PartitionMap(g.map.epoch + 1, g.map.owners, shards)
+            self._save_state()
+            await self._adopt_everywhere(g, g.map.to_dict())
+
+    async def _finish_move(self, g: ShardGroup) -> None:
+        """Steps 2-5 of group ``g``'s persisted move (each repeated until it succeeds)."""
+        assert g.move is not None
+        m = g.move
         nxt, source, target, parts = m["map"], m["source"], m["target"], m["partitions"]
         self.progress.current = {
+            "group": g.kind,
             "epoch": nxt["epoch"],
             "source": source,
             "target": target,
@@ -419,26 +498,26 @@ class ShardCoordinatorImpl:
         }
         started = time.monotonic()
         await self._step("planned")
-        others = [i for i in range(len(self.shards)) if i not in (source, target)]
-        await self._adopt_everywhere(nxt, others)
+        others = [i for i in range(len(g.handles)) if i not in (source, target)]
+        await self._adopt_everywhere(g, nxt, others)
         await self._step("others_adopted")
         export = await until_done(
-            f"shard {source} hand-off",
-            lambda: self.shards[source].hand_off.remote(nxt, parts, target),
+            f"{g.label} {source} hand-off",
+            lambda: g.handles[source].hand_off.remote(nxt, parts, target),
         )
         await self._step("handed_off")
         if export is not None:  # None: acknowledged already, so taken over already
             await until_done(
-                f"shard {target} take-over",
-                lambda: self.shards[target].take_over.remote(nxt, parts, export),
+                f"{g.label} {target} take-over",
+                lambda: g.handles[target].take_over.remote(nxt, parts, export),
             )
         await self._step("taken_over")
-        self.map = PartitionMap.from_dict(nxt)
-        self.move = None
+        g.map = PartitionMap.from_dict(nxt)
+        g.move = None
         self._save_state()
         await until_done(
-            f"shard {source} hand-off acknowledgement",
-            lambda: self.shards[source].acknowledge_hand_off.remote(nxt["epoch"]),
+            f"{g.label} {source} hand-off acknowledgement",
+            lambda: g.handles[source].acknowledge_hand_off.remote(nxt["epoch"]),
         )
         self.progress.partitions_moved += len(parts)
         self.progress.history.append(
@@ -457,49 +536,53 @@ class ShardCoordinatorImpl:
         if self.settings.move_pause_s:
             await asyncio.sleep(self.settings.move_pause_s)
 
-    async def _adopt_everywhere(self, pmap: dict, indexes: list[int] | None = None) -> None:
-        todo = range(len(self.shards)) if indexes is None else indexes
+    async def _adopt_everywhere(
+        self, g: ShardGroup, pmap: dict, indexes: list[int] | None = None
+    ) -> None:
+        todo = range(len(g.handles)) if indexes is None else indexes
         await asyncio.gather(
             *(
                 until_done(
-                    f"shard {i} adopting map {pmap['epoch']}",
-                    lambda i=i: self.shards[i].adopt_map.remote(pmap),
+                    f"{g.label} {i} adopting map {pmap['epoch']}",
+                    lambda i=i: g.handles[i].adopt_map.remote(pmap),
                 )
                 for i in todo
             )
         )
 
-    async def _add_shards(self, shards: int) -> None:
-        """New, empty shards (owning nothing yet), each on the node with the most room."""
-        nodes = live_nodes()
-        hosted = list((await self._shard_nodes()).values())
+    async def _add_shards(self, g: ShardGroup, shards: int) -> None:
+        """New, empty shards (owning nothing yet); profile shards each on the node
+        with the most room."""
+        nodes = live_nodes() if g is self.profile else {}
+        hosted = list((await self._shard_nodes()).values()) if nodes else []
         asked: dict[int, str] = {}
-        for i in range(len(self.shards), shards):
+        for i in range(len(g.handles), shards):
             node = most_room(nodes, hosted) if nodes else None
-            self.shards.append(self._shard(i, node))
+            g.handles.append(g.start(i, node))
             hosted.append(node or "")
             if node is not None:
                 asked[i] = node
         pings = await until_done(
-            "new shards starting", lambda: asyncio.gather(*(s.ping.remote() for s in self.shards))
+            f"new {g.label}s starting",
+            lambda: asyncio.gather(*(s.ping.remote() for s in g.handles)),
         )
         for i, node in asked.items():  # not where it was asked to be: start it again there
             if pings[i]["node"] != node:
                 log.warning("new shard %d asked for node %s, runs on %s", i, node, pings[i]["node"])
                 await self._relocate(i, node, frozenset(draining_nodes()))
 
-    async def _retire_shards(self, shards: int) -> None:
+    async def _retire_shards(self, g: ShardGroup, shards: int) -> None:
         """Shards ``shards..`` own nothing now: stop them and set their directories aside."""
-        self.map = PartitionMap(self.map.epoch + 1, self.map.owners, shards)
+        g.map = PartitionMap(g.map.epoch + 1, g.map.owners, shards)
         self._save_state()  # first: a coordinator restarted now pushes it (_sync_shards)
-        await self._adopt_everywhere(self.map.to_dict(), list(range(shards)))
-        retired, self.shards = self.shards[shards:], self.shards[:shards]
+        await self._adopt_everywhere(g, g.map.to_dict(), list(range(shards)))
+        retired, g.handles = g.handles[shards:], g.handles[:shards]
         for i, handle in enumerate(retired, start=shards):
             ray.kill(handle, no_restart=True)
-            old = shard_dir(self.settings.data_dir, i)
+            old = g.directory(i)
             if old.exists():
                 # Kept, not deleted: everything in it was handed off and acknowledged.
-                old.rename(old.with_name(f"{old.name}.retired-epoch-{self.map.epoch}"))
+                old.rename(old.with_name(f"{old.name}.retired-epoch-{g.map.epoch}"))
 
     # -- shard placement over nodes (models/placement.py) --------------------------------
 
@@ -565,7 +648,7 @@ class ShardCoordinatorImpl:
                               "drain")  # fmt: skip
         self._start(
             self._relocate_all(plan, leaving),
-            Progress(True, None, len(plan)),
+            Progress(True, moves_total=len(plan)),
         )
         await asyncio.sleep(0)
         return self.progress.to_dict()
@@ -612,7 +695,7 @@ class ShardCoordinatorImpl:
             log.warning("shard %d asked for node %s, runs on %s; again", index, node, landed)
         self.map = PartitionMap(self.map.epoch + 1, self.map.owners, self.map.shards)
         self._save_state()
-        await self._adopt_everywhere(self.map.to_dict())
+        await self._adopt_everywhere(self.profile, self.map.to_dict())
         if landed in avoid:
             raise MoveStalled(f"shard {index} keeps starting on node {landed}; retry the drain")
         return landed

@@ -184,13 +184,13 @@ class Learning:
             self.counts["repeat"] += 1
             return False
         if key.startswith(NONE_PREFIX):
-            preds = learning.baseline
+            names = learning.baseline_names
         else:
-            preds = learning.predictors.get(key.rsplit("@", 1)[0], ())
-        if len(preds) != len(bins):
+            names = learning.names.get(key.rsplit("@", 1)[0], ())
+        if len(names) != len(bins):
             self.counts["not_offered"] += 1  # the catalogue changed the model since
             return False
-        if not self.models.learn_one(key, [p.name for p in preds], bins, label):
+        if not self.models.learn_one(key, names, bins, label):
             self.counts["frozen"] += 1
             return False
         record.learned.append(key)

@@ -18,6 +18,10 @@ Every step is idempotent on the shards, so a step is simply repeated until
 it succeeds: a killed shard restarts (Ray restarts shard actors without
 limit) and answers from its journal. Moves run one at a time (at most one
 hand-off in flight, so at most ``move_partitions`` partitions wait at once).
+
+Profile shards and identity shards are two :class:`ShardGroup` s, each with
+its own map, epoch and persisted move; the same steps move partitions of
+either (identity shards hand off identifier links instead of profiles).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from actors.replies import Failed, ShardUnavailable, StaleEpoch
@@ -43,11 +48,36 @@ class MoveStalled(RuntimeError):
 
 
 @dataclass
+class ShardGroup:
+    """Shards of one kind that partitions move between, with their map and move."""
+
+    kind: str  # "profile" or "identity": the label in messages, progress and state
+    map: PartitionMap
+    move: dict | None  # the persisted plan of a move in flight (see the module doc)
+    start: Callable[[int, str | None], Any]  # index, node (or None) -> actor handle
+    directory: Callable[[int], Path]  # index -> the shard's data directory
+    handles: list[Any] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "shard" if self.kind == "profile" else f"{self.kind} shard"
+
+    def routing_map(self) -> PartitionMap:
+        """The map requests follow: the planned one while a move is in flight."""
+        return PartitionMap.from_dict(self.move["map"]) if self.move else self.map
+
+    def size(self) -> int:
+        """Shards needed to run: the map's, or more while a move to a new one is half done."""
+        return max(self.map.shards, self.routing_map().shards)
+
+
+@dataclass
 class Progress:
     """What ``GET /v1/admin/rebalance`` shows."""
 
     running: bool = False
     target_shards: int | None = None
+    target_identity_shards: int | None = None
     moves_total: int = 0
     moves_done: int = 0
     partitions_moved: int = 0
@@ -61,6 +91,7 @@ class Progress:
         return {
             "running": self.running,
             "target_shards": self.target_shards,
+            "target_identity_shards": self.target_identity_shards,
             "moves_total": self.moves_total,
             "moves_done": self.moves_done,
             "partitions_moved": self.partitions_moved,

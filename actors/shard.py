@@ -8,7 +8,7 @@ component:
 - :class:`~actors.profiles.ProfileBook`: profiles and the events that update them;
 - :class:`~actors.decisions.DecisionEngine`: catalogue, model, decisions, decision log;
 - :class:`~actors.handover.Handover`: profiles merged away to other shards and back;
-- :class:`~actors.handoff.PartitionHandoff`: whole partitions moving to another shard.
+- :class:`~actors.handoff.ProfileHandoff`: whole partitions moving to another shard.
 - :class:`~actors.learning.Learning`: adaptive models, learning from responses.
 - :class:`~actors.reporting.ReportBook`: hourly report counters (merged on read).
 - :class:`~actors.history.InteractionHistory`: every decision and outcome, on disk.
@@ -36,14 +36,7 @@ import ray
 from actors.decide_wire import pack_answers, unpack_requests
 from actors.decisions import CatalogActivated, DecisionEngine, DecisionsMade, ModelActivated
 from actors.durable import DurableState
-from actors.handoff import (
-    HandOffAcknowledged,
-    MapAdopted,
-    MapRefused,
-    PartitionHandoff,
-    PartitionsHandedOff,
-    PartitionsTakenOver,
-)
+from actors.handoff import HandoffEndpoints, ProfileHandoff
 from actors.handover import (
     HandedOver,
     Handover,
@@ -60,6 +53,7 @@ from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
 from actors.replies import Erased, Expired, Failed, Moved, ShardUnavailable, StaleEpoch
 from actors.reporting import FallbacksCounted, ReportBook
+from actors.wire import WIRE_METHODS, WireServer
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, to_builtins
@@ -84,7 +78,7 @@ def shard_dir(data_dir: str, index: int) -> Path:
     return Path(data_dir) / f"shard-{index}"
 
 
-class ProfileShardImpl:
+class ProfileShardImpl(HandoffEndpoints):
     """The shard's behaviour; :data:`ProfileShard` is its Ray actor class."""
 
     def __init__(
@@ -113,7 +107,8 @@ class ProfileShardImpl:
             s, catalog, model_version, self.learning, reports=self.reports, history=self.history
         )
         self.handover = Handover(self.settings.session_gap_s)
-        self.handoff = PartitionHandoff(self.ownership, self.profiles, self.engine, self.handover)
+        self.wire: WireServer | None = None  # started by the first wire_address()
+        self.handoff = ProfileHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
             f"shard {index}",
             shard_dir(self.settings.data_dir, index),
@@ -130,10 +125,7 @@ class ProfileShardImpl:
                 IdentifiersRepointed: self.handover.repointed,
                 ProfileMergedIn: self._merged_in,
                 MovesForgotten: self.handover.forget,
-                MapAdopted: self.handoff.adopted,
-                PartitionsHandedOff: self.handoff.handed_off,
-                PartitionsTakenOver: self.handoff.taken_over,
-                HandOffAcknowledged: self.handoff.acknowledged,
+                **self.handoff.handlers(),
                 ModelsReset: self.learning.reset,
                 ModelFrozen: self.learning.freeze,
                 OutcomesTimedOut: lambda r: self.learning.timed_out(
@@ -282,11 +274,18 @@ class ProfileShardImpl:
         return (await self._topo())["shards"][index]
 
     async def _repoint_identifiers(self, absorbed: str, survivor: str) -> bool:
-        handles = (await self._topo())["identity_shards"]
-        results = await asyncio.wait_for(
-            asyncio.gather(*(h.repoint_profile.remote(absorbed, survivor) for h in handles)),
-            STEP_TIMEOUT_S,
-        )
+        """Repoint on every identity shard at one identity-map epoch (none missed in transit).
+
+        A refusal (a stale map: identity partitions moved) forgets the cached
+        topology; the caller tries again (the shard's timer, or the next call).
+        """
+        topo = await self._topo()
+        epoch = topo["identity_map"]["epoch"]
+        calls = [h.repoint_profile.remote(absorbed, survivor, epoch)
+                 for h in topo["identity_shards"]]  # fmt: skip
+        results = await asyncio.wait_for(asyncio.gather(*calls), STEP_TIMEOUT_S)
+        if any(isinstance(r, StaleEpoch) for r in results):
+            self._topology = {}
         return all(isinstance(r, list) for r in results)
 
     async def _repoint(self, absorbed: str) -> bool:
@@ -335,6 +334,17 @@ class ProfileShardImpl:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
         }
+
+    async def wire_address(self) -> dict[str, str] | None:
+        """This shard's socket for same-node replicas (:mod:`actors.wire`); None when off."""
+        if not self.settings.shard_wire:
+            return None
+        if self.wire is None:
+            self.wire = WireServer(
+                f"shard-{self.index}",
+                {name: getattr(self, name) for name in WIRE_METHODS},
+            )
+        return {"path": await self.wire.start(), "node": ray.get_runtime_context().get_node_id()}
 
     async def stats(self) -> dict[str, Any]:
         return {
@@ -507,20 +517,28 @@ class ProfileShardImpl:
         live: list[int] = []
         profiles: dict[str, Profile] = {}
         items: list[tuple[Profile, DecideRequest]] = []
+        keyed: dict[tuple[str, str], int] = {}  # a keyed request's first index in this call
+        repeats: list[tuple[int, int]] = []  # (index, index of the same keyed request)
         for i, req in enumerate(requests):
             cid = req.customer_id
             moved = self.handover.moved_to(cid)
+            key = None if req.idempotency_key is None else (cid, req.idempotency_key)
             if moved is not None:
                 answers.append(moved)
             elif req.via_cache and self._recently_erased(cid):
                 answers.append(Erased(cid))
             elif (before := self.engine.decided_before(req)) is not None:
                 answers.append(before)  # a repeat of a keyed request: nothing new is recorded
+            elif key is not None and key in keyed:  # repeated within this call: one decision
+                answers.append(Expired())  # replaced below
+                repeats.append((i, keyed[key]))
             elif deadlines is not None and deadlines[i] is not None and deadlines[i] < now:
                 answers.append(Expired())
             else:
                 answers.append(Expired())  # replaced below
                 live.append(i)
+                if key is not None:
+                    keyed[key] = i
                 if cid not in profiles:
                     profiles[cid] = self.profiles.get_or_new(cid)
                 items.append((profiles[cid], req))
@@ -530,6 +548,8 @@ class ProfileShardImpl:
             return Failed.of(exc)
         for i, record in zip(live, records):
             answers[i] = record
+        for i, first in repeats:
+            answers[i] = answers[first]
         if records:
             self.metrics.decided(records, self.engine.catalog)
             for cid in {r.customer_id for r in records if r.impressions}:
@@ -668,77 +688,8 @@ class ProfileShardImpl:
 
     # -- partition moves (actors/handoff.py) ---------------------------------------------
 
-    async def adopt_map(self, pmap: dict) -> dict[str, Any] | Refused | Failed:
-        """Adopt a newer map that leaves this shard's partitions as they are."""
-        if self.durable.degraded:
-            return ShardUnavailable(self.durable.degraded)
-        try:
-            new = self.handoff.check_adopt(pmap)
-        except MapRefused as exc:
-            return Failed("map_refused", str(exc))
-        if new is not None:
-            rec = MapAdopted(new.to_dict())
-            self.handoff.adopted(rec)
-            self._topology = {}  # a new epoch may name new peer handles (a shard moved node)
-            failed = await self._record(rec)
-            if failed:
-                return failed
-        return {"shard": self.index, "epoch": self.ownership.epoch}
-
-    async def hand_off(
-        self, pmap: dict, partitions: list[int], to: int
-    ) -> bytes | Refused | Failed | None:
-        """Step 1 of a move: stop serving ``partitions``, export them durably.
-
-        Answers the export (also when asked again before the acknowledgement),
-        or None when this move was acknowledged already.
-        """
-        if self.durable.degraded:
-            return ShardUnavailable(self.durable.degraded)
-        try:
-            new = self.handoff.check_handoff(pmap, partitions, to)
-        except MapRefused as exc:
-            return Failed("map_refused", str(exc))
-        epoch = pmap["epoch"]
-        if new is not None:
-            # No await between the export and the drop: calls accepted
-            # before this point are in the export, later ones are refused.
-            rec = PartitionsHandedOff(new.to_dict(), sorted(partitions), to,
-                                      self.handoff.export(partitions))  # fmt: skip
-            self.handoff.handed_off(rec)
-            failed = await self._record(rec)
-            if failed:
-                return failed
-        else:
-            await self._record()  # what an earlier identical call journalled is durable
-        return self.handoff.outbox.get(epoch)
-
-    async def take_over(
-        self, pmap: dict, partitions: list[int], export: bytes
-    ) -> dict[str, Any] | Refused | Failed:
-        """Step 2 of a move: journal the import, then serve ``partitions``."""
-        if self.durable.degraded:
-            return ShardUnavailable(self.durable.degraded)
-        try:
-            new = self.handoff.check_takeover(pmap, partitions)
-        except MapRefused as exc:
-            return Failed("map_refused", str(exc))
-        self._ensure_timer()
-        if new is not None:
-            rec = PartitionsTakenOver(new.to_dict(), sorted(partitions), export)
-            self.handoff.taken_over(rec)
-            failed = await self._record(rec)
-        else:
-            failed = await self._record()
-        return failed or {"shard": self.index, "epoch": self.ownership.epoch}
-
-    async def acknowledge_hand_off(self, epoch: int) -> bool | Refused:
-        """Step 3 of a move: the new owner holds the partitions; forget the export."""
-        if epoch not in self.handoff.outbox:
-            return True
-        rec = HandOffAcknowledged(epoch)
-        self.handoff.acknowledged(rec)
-        return await self._record(rec) or True
+    def _map_changed(self) -> None:
+        self._topology = {}  # a new epoch may name new peer handles (a shard moved node)
 
     # -- catalogue and model ----------------------------------------------------------------
 

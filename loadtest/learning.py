@@ -198,8 +198,13 @@ def play_baselines(world: World, seed: int) -> dict[str, list[float]]:
 # -- the adaptive policy in process ------------------------------------------------------
 
 
-def play_in_process(world: World, seed: int) -> list[float]:
-    """The server's arbitration and learner, called directly (no Ray, no HTTP)."""
+def play_in_process(world: World, seed: int, learner_seed: int = 0) -> list[float]:
+    """The server's arbitration and learner, called directly (no Ray, no HTTP).
+
+    ``learner_seed`` shifts the learner's own random stream (its Thompson
+    draws) while the world and its outcomes stay the same: how much a result
+    moves with it is the run-to-run spread of the policy itself.
+    """
     from models.customer.profile import Profile
     from models.decisioning.arbitration import decide_many
     from models.decisioning.catalog import load_catalog
@@ -210,7 +215,7 @@ def play_in_process(world: World, seed: int) -> list[float]:
     catalog = load_catalog(world_catalog())
     learning = catalog.learning
     assert learning is not None
-    models = AdaptiveModels(learning.prior_weight, seed=seed)
+    models = AdaptiveModels(learning.prior_weight, seed=seed + learner_seed)
     rng = np.random.default_rng(seed + 2)
     scorer = PriorScorer()
     profiles: dict[int, Profile] = {}
@@ -327,13 +332,19 @@ def main(argv: list[str] | None = None, runner: Callable[..., Any] | None = None
     ap.add_argument("--customers", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--in-process", action="store_true", help="no server: call the policy code")
+    ap.add_argument(
+        "--learner-seed", type=int, default=0,
+        help="in process: shift the learner's random stream (same world and outcomes)",
+    )  # fmt: skip
     ap.add_argument("--url", help="an already running server (default: start one)")
     ap.add_argument("--out", default="var/bench/learning.json")
     args = ap.parse_args(argv)
     world = World.make(args.customers, args.decisions, args.seed)
     started = time.monotonic()
     if args.in_process:
-        result = report(world, play_in_process(world, args.seed), args.seed, "in-process")
+        values = play_in_process(world, args.seed, args.learner_seed)
+        result = report(world, values, args.seed, "in-process")
+        result["learner_seed"] = args.learner_seed
     elif args.url:
         values = asyncio.run(play_over_http(world, args.seed, args.url))
         result = report(world, values, args.seed, "http")

@@ -10,6 +10,12 @@ Talks to a running server over HTTP only (start one with two shards, e.g.
    one at a time) and wait for the job to finish;
 4. check every sampled profile reads back, and write the figures as JSON.
 
+With ``--identity`` it moves identity partitions instead: it loads
+``--profiles`` logins (a cookie and an account each: two identifier links),
+and while the identity partitions move, one closed-loop client sends page
+views with new cookies (each must be resolved on the identity shards, no
+cache hit); afterwards every sampled cookie must still name its account.
+
     python -m loadtest.move --url http://127.0.0.1:8000 --profiles 100000 \\
         --out var/bench/move.json
 """
@@ -28,8 +34,10 @@ from typing import Any
 import httpx
 
 
-def run_job(c: httpx.Client, partitions: list[int], to: int) -> dict[str, Any]:
-    r = c.post("/v1/admin/moves", json={"partitions": partitions, "to": to})
+def run_job(
+    c: httpx.Client, partitions: list[int], to: int, identity: bool = False
+) -> dict[str, Any]:
+    r = c.post("/v1/admin/moves", json={"partitions": partitions, "to": to, "identity": identity})
     r.raise_for_status()
     while True:
         p = c.get("/v1/admin/rebalance").json()
@@ -43,9 +51,9 @@ def run_job(c: httpx.Client, partitions: list[int], to: int) -> dict[str, Any]:
 class Decider(threading.Thread):
     """One closed-loop client deciding for loaded customers; latencies in ms."""
 
-    def __init__(self, url: str, customers: list[str]) -> None:
+    def __init__(self, url: str, customers: list[str], identity: bool = False) -> None:
         super().__init__(daemon=True)
-        self.url, self.customers = url, customers
+        self.url, self.customers, self.identity = url, customers, identity
         self.latencies: list[float] = []
         self.fallbacks = self.errors = 0
         self.stop = threading.Event()
@@ -55,13 +63,35 @@ class Decider(threading.Thread):
             i = 0
             while not self.stop.is_set():
                 started = time.perf_counter()
-                r = c.post("/v1/decide", json={"customer_id": self.customers[i], "channel": "web"})
+                if self.identity:  # a new visitor: resolved on the identity shards
+                    ids = {"cookie": uuid.uuid4().hex}
+                    event = {"event_id": uuid.uuid4().hex, "type": "page_view", "identifiers": ids}
+                    r = c.post("/v1/events", json={"events": [event]})
+                else:
+                    r = c.post(
+                        "/v1/decide", json={"customer_id": self.customers[i], "channel": "web"}
+                    )
                 self.latencies.append((time.perf_counter() - started) * 1000)
                 if r.status_code != 200:
                     self.errors += 1
-                elif r.json().get("fallback"):
+                elif not self.identity and r.json().get("fallback"):
                     self.fallbacks += 1
                 i = (i + 7919) % len(self.customers)
+
+
+def _loading_event(cid: str, identity: bool) -> dict[str, Any]:
+    """A page view of ``cid``; with ``identity`` a login naming its cookie and account."""
+    if identity:
+        ids = {"cookie": f"ck-{cid}", "account": cid}
+        return {"event_id": uuid.uuid4().hex, "type": "identify", "identifiers": ids}
+    return {"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
+
+
+def _readable(c: httpx.Client, cid: str, identity: bool) -> bool:
+    if identity:
+        r = c.get("/v1/profiles", params={"cookie": f"ck-{cid}"})
+        return r.status_code == 200 and r.json()["customer_id"] == cid
+    return c.get(f"/v1/profiles/{cid}").status_code == 200
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,36 +104,37 @@ def main() -> None:
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--profiles", type=int, default=100_000)
     ap.add_argument("--out", default="var/bench/move.json")
+    ap.add_argument("--identity", action="store_true", help="move identity partitions")
     args = ap.parse_args()
+    ident = args.identity
     with httpx.Client(base_url=args.url, timeout=120) as c:
-        pmap = c.get("/v1/admin/rebalance").json()["map"]
+        pmap = c.get("/v1/admin/rebalance").json()["identity_map" if ident else "map"]
         everything = list(range(len(pmap["owners"])))
-        run_job(c, everything, 1)
+        run_job(c, everything, 1, ident)
         customers = [f"mv-{uuid.uuid4().hex[:12]}" for _ in range(args.profiles)]
         started = time.monotonic()
         for i in range(0, len(customers), 1000):
-            events = [{"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
-                      for cid in customers[i : i + 1000]]  # fmt: skip
+            events = [_loading_event(cid, ident) for cid in customers[i : i + 1000]]
             c.post("/v1/events", json={"events": events}).raise_for_status()
             if i % 20_000 == 0:
                 print(f"loaded {i + len(events)}/{len(customers)} profiles", flush=True)
         load_s = time.monotonic() - started
 
-        decider = Decider(args.url, customers)
+        decider = Decider(args.url, customers, ident)
         decider.start()
         time.sleep(3.0)
         before = list(decider.latencies)
         started = time.monotonic()
         print(f"moving {len(customers)} profiles to shard 0 ...", flush=True)
-        job = run_job(c, everything, 0)
+        job = run_job(c, everything, 0, ident)
         move_s = time.monotonic() - started
         during = decider.latencies[len(before) :]
         decider.stop.set()
         decider.join(timeout=60)
-        missing = [cid for cid in customers[::100]
-                   if c.get(f"/v1/profiles/{cid}").status_code != 200]  # fmt: skip
-        shards = c.get("/v1/admin/shards").json()["shards"]
+        missing = [cid for cid in customers[::100] if not _readable(c, cid, ident)]
+        shards = c.get("/v1/admin/shards").json()["identity_shards" if ident else "shards"]
     result = {
+        "moved": "identity links (2 per profile)" if ident else "profiles",
         "profiles": len(customers),
         "load_seconds": round(load_s, 1),
         "move_seconds": round(move_s, 2),
@@ -120,9 +151,9 @@ def main() -> None:
             "count": len(during),
         },
         "decide_fallbacks": decider.fallbacks,
-        "decide_errors": decider.errors,
+        "decide_errors": decider.errors,  # with --identity: page views of new visitors
         "sampled_profiles_missing": len(missing),
-        "profiles_per_shard": [s["profiles"] for s in shards],
+        "per_shard": [s["identifiers" if ident else "profiles"] for s in shards],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ Customers hash (blake2b, stable across processes and machines, unlike
 Python's salted ``hash()``) to one of ``partitions`` virtual partitions that
 never change. Partitions are assigned to shards by the :class:`PartitionMap`;
 scaling out moves partitions between shards and bumps the epoch, it never
-rehashes customers (the Akka Cluster Sharding / Orleans model).
+rehashes customers (the Akka Cluster Sharding / Orleans model). Identity
+keys (``"cookie:abc"``) hash to the same partitions, with a map of their own
+over the identity shards.
 """
 
 from __future__ import annotations
@@ -18,16 +20,6 @@ def partition_of(key: str, partitions: int) -> int:
     # surrogatepass: a key the HTTP edge should have refused still hashes, never raises.
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % partitions
-
-
-def identity_shard_of(key: str, partitions: int, identity_shards: int) -> int:
-    """The identity shard of an identifier key: its partition, modulo a fixed count.
-
-    Independent of the profile map, so moving profile partitions never moves
-    identity entries; with the initial round-robin map it is the same shard
-    as ``PartitionMap.initial(...).shard_of(key) % identity_shards``.
-    """
-    return partition_of(key, partitions) % identity_shards
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,10 @@ class Settings:
     max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
     coalesce_max_batch: int = 64  # decide requests per shard call
     coalesce_max_calls: int = 2  # decide calls in flight per shard per replica
+    # HAProxy lets at most this many decides into one replica at once; more wait in
+    # HAProxy's queue up to half of decide_deadline_ms, then 503 (README, Decide). 0 = off.
+    edge_decide_maxconn: int = 32
+    shard_wire: bool = True  # same-node replicas send hot calls over a Unix socket (README)
     identity: dict = field(default_factory=dict)  # identifier types and limits (README)
     # An ingress replica trusts a cached identifier lookup for at most this long;
     # shards keep erasure tombstones for twice that (see README, Recognition).
@@ -92,6 +96,8 @@ class Settings:
                 raise SettingsError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
         if self.history_retention_days < 0:
             raise SettingsError("setting history_retention_days must be >= 0 (0 = keep)")
+        if self.edge_decide_maxconn < 0:
+            raise SettingsError("setting edge_decide_maxconn must be >= 0 (0 = off)")
         if self.move_pause_s < 0:
             raise SettingsError("setting move_pause_s must be >= 0")
         if self.shards < 0:

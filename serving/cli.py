@@ -2,8 +2,9 @@
 
 ``rtim serve`` starts an embedded local Ray (or joins one with
 ``--address``), the shard actors and the HTTP API, prints the URLs, and
-stops cleanly on Ctrl-C. ``rtim scale --shards N`` asks a running server
-(over its admin API) to move partitions live onto N shards, ``rtim rebalance``
+stops cleanly on Ctrl-C. ``rtim scale --shards N`` (``--identity-shards M``)
+asks a running server (over its admin API) to move partitions live onto N
+profile shards (M identity shards), ``rtim rebalance``
 to spread its shards over the cluster's nodes (``--drain NODE_ID``: mark that
 node draining in Ray and move every shard off it before it is removed); both
 print the progress until done.
@@ -87,9 +88,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    """``rtim scale --shards N``: move partitions live onto N shards, with progress."""
-    return _run_job(args, "PUT", "/v1/admin/shards", {"shards": args.shards},
-                    f"moving partitions to {args.shards} shards", "hand-offs")  # fmt: skip
+    """``rtim scale [--shards N] [--identity-shards M]``: move partitions live, with progress."""
+    body = {k: v for k, v in (("shards", args.shards), ("identity_shards", args.identity_shards))
+            if v is not None}  # fmt: skip
+    if not body:
+        print("rtim: scale needs --shards and/or --identity-shards", file=sys.stderr)
+        return 2
+    what = " and ".join(f"{n} {k.replace('_', ' ')}" for k, n in body.items())
+    return _run_job(args, "PUT", "/v1/admin/shards", body, f"moving partitions to {what}",
+                    "hand-offs")  # fmt: skip
 
 
 def _rebalance(args: argparse.Namespace) -> int:
@@ -128,8 +135,10 @@ def _run_job(
                     if p["error"]:
                         print(f"rtim: stalled: {p['error']}", file=sys.stderr)
                         return 1
-                    m = p["map"]
-                    print(f"rtim: done; map epoch {m['epoch']} over {m['shards']} shards")
+                    m, i = p["map"], p["identity_map"]
+                    print(f"rtim: done; map epoch {m['epoch']} over {m['shards']} shards, "
+                          f"identity map epoch {i['epoch']} over {i['shards']} identity "
+                          "shards")  # fmt: skip
                     return 0
     except httpx.HTTPError as exc:
         print(f"rtim: cannot reach {url}: {exc}", file=sys.stderr)
@@ -160,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow --no-auth on a non-loopback address"
     )
     s.set_defaults(func=_serve)
-    sc = sub.add_parser("scale", help="move partitions live onto N profile shards")
-    sc.add_argument("--shards", type=int, required=True, help="profile shards to end with")
+    sc = sub.add_parser("scale", help="move partitions live onto N profile/identity shards")
+    sc.add_argument("--shards", type=int, help="profile shards to end with")
+    sc.add_argument("--identity-shards", type=int, help="identity shards to end with")
     _job_arguments(sc)
     sc.set_defaults(func=_scale)
     rb = sub.add_parser("rebalance", help="spread shards over the cluster's nodes (or drain one)")

@@ -21,6 +21,16 @@ the configuration, then executes the real HAProxy. It changes three things:
 - **Arrival time.** The API frontend stamps ``X-Request-Start: t=<epoch ms>``
   (replacing any a client sent), so a decide's deadline counts the time a
   request queued in HAProxy too (``serving/ingress.py`` reads it).
+- **Decides queue in HAProxy, not in Python.** ``POST /v1/decide`` goes to
+  a backend of its own with the same replicas, each taking at most
+  ``RTIM_EDGE_DECIDE_MAXCONN`` decides at once; more wait in HAProxy's
+  queue for at most ``RTIM_EDGE_DECIDE_QUEUE_MS`` (half the default decide
+  deadline), then get ``503 overloaded`` + ``Retry-After``. Without it a
+  replica under 1,000 connections queues hundreds of requests in its own
+  event loop, where every one costs a full HTTP turn before it can even be
+  shed, and the wait is unbounded (issue 14's overload rows). The replica
+  still sheds, to the fallback or a 503, a decide that waited too long in
+  the queue (``X-Request-Start``). Other routes are not limited here.
 - **Own surfaces on loopback.** The stats page (no authentication) and the
   Prometheus exporter bind ``127.0.0.1`` instead of every interface.
 
@@ -45,6 +55,8 @@ _REASONS = {
     503: ("unavailable", "the server is starting or has no live ingress replica; retry shortly"),
     504: ("timeout", "an ingress replica did not answer in time; retry"),
 }
+_OVERLOADED = ("overloaded", "every ingress replica has its most decides in flight; retry")
+DECIDE_BACKEND = "rtim-decide"
 
 # Serve's "no route" answer in its default backend (the only backend at start-up).
 _NO_ROUTE = re.compile(r"^(\s*)http-request return status 404 content-type text/plain .*$", re.M)
@@ -53,23 +65,30 @@ _STATS_BIND = re.compile(r"^(\s*)bind \*:(\d+)\s*$", re.M)
 _METRICS_BIND = re.compile(r"^(\s*)bind :(\d+)\s*$", re.M)
 _DEFAULTS = re.compile(r"^defaults\n(\s+)mode http\n", re.M)
 _API_FRONTEND = re.compile(r"^frontend http_frontend\n(\s+)bind \S+\n", re.M)
+_APP_BACKEND = re.compile(r"^backend (http-\S+)\n((?:[ \t]+.*\n?)*)", re.M)
+_USE_APP = re.compile(r"^(\s*)use_backend (http-\S+) if ", re.M)
+_REPLICA = re.compile(r"^(\s*server SERVE_REPLICA\S* \S+.*?)\s*$", re.M)
 
 
-def error_body(status: int) -> bytes:
-    code, message = _REASONS[status]
+def error_body(status: int, reason: tuple[str, str] | None = None) -> bytes:
+    code, message = reason or _REASONS[status]
     return json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
 
 
-def error_file(status: int) -> bytes:
+def error_file(status: int, reason: tuple[str, str] | None = None) -> bytes:
     """A raw HTTP response for HAProxy's ``errorfile``."""
-    body = error_body(status)
+    body = error_body(status, reason)
+    title = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
     head = (
-        f"HTTP/1.1 {status} {_REASONS[status][0].replace('_', ' ').title()}\r\n"
+        f"HTTP/1.1 {status} {title}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
         + (f"retry-after: {RETRY_AFTER_S}\r\n" if status == 503 else "")
         + "cache-control: no-store\r\n"
-        "connection: close\r\n\r\n"
+        # The connection stays open for the overloaded answer: a client told to
+        # retry should not pay (nor make HAProxy pay) a new TCP handshake for it.
+        + ("" if reason == _OVERLOADED else "connection: close\r\n")
+        + "\r\n"
     )
     return head.encode() + body
 
@@ -112,7 +131,36 @@ def rewrite(config: str, directory: Path) -> str:
         count=1,
     )
     config = _STATS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
-    return _METRICS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
+    config = _METRICS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
+    return _decide_backend(config, directory)
+
+
+def _decide_backend(config: str, directory: Path) -> str:
+    """Route ``POST /v1/decide`` to a copy of the app's backend whose replicas take at
+    most ``RTIM_EDGE_DECIDE_MAXCONN`` decides each (0: off), queueing the rest."""
+    maxconn = int(os.environ.get("RTIM_EDGE_DECIDE_MAXCONN", "0"))
+    queue_ms = int(float(os.environ.get("RTIM_EDGE_DECIDE_QUEUE_MS", "50")))
+    app = _APP_BACKEND.search(config)
+    use = _USE_APP.search(config)
+    if maxconn <= 0 or app is None or use is None or not _REPLICA.search(app.group(2)):
+        return config  # off, or still starting: nothing to route yet
+    overloaded = directory / "rtim-503-overloaded.http"
+    overloaded.write_bytes(error_file(503, _OVERLOADED))
+    body = _REPLICA.sub(lambda m: f"{m.group(1)} maxconn {maxconn}", app.group(2))
+    indent = use.group(1)
+    backend = (
+        f"backend {DECIDE_BACKEND}\n{body.rstrip()}\n"
+        f"{indent}timeout queue {queue_ms}ms\n"
+        f"{indent}errorfile 503 {overloaded}\n"
+    )
+    route = (
+        f"{indent}acl rtim_decide path /v1/decide\n"
+        f"{indent}use_backend {DECIDE_BACKEND} if rtim_decide METH_POST\n"
+    )
+    config = config[: use.start()] + route + config[use.start() :]
+    app = _APP_BACKEND.search(config)
+    assert app is not None
+    return config[: app.end()].rstrip("\n") + "\n" + backend + config[app.end() :]
 
 
 def write_wrapper(directory: Path, haproxy: str, python: str = sys.executable) -> Path:

@@ -32,7 +32,6 @@ are still pending.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
@@ -45,8 +44,6 @@ from models.errors import IdentityConflict, Unavailable
 from models.identity.config import IdentityConfig, identifier_key
 from models.identity.plan import plan_link
 from models.identity.table import IdentityRecord
-from models.partitioning import identity_shard_of
-from serving.region import decode, ping_each
 
 CACHE_SIZE = 100_000
 MAX_PLANS = 6
@@ -115,6 +112,7 @@ class IdentityResolver:
 
     def __init__(self, region: Any, config: IdentityConfig, cache_ttl_s: float = 300.0) -> None:
         self.region = region
+        self.router = region.identities  # the identity shards, by the identity map
         self.config = config
         self.cache = ExpiringMap(CACHE_SIZE, cache_ttl_s)  # identifier key -> profile id
         self.redirects = ExpiringMap(CACHE_SIZE, cache_ttl_s)  # merged-away id -> survivor
@@ -124,12 +122,6 @@ class IdentityResolver:
         self.lost_races = 0
 
     # -- cache --------------------------------------------------------------------------
-
-    def _shards(self) -> list[Any]:
-        return self.region.identity_shards
-
-    def _shard_of_key(self, key: str) -> int:
-        return identity_shard_of(key, self.region.map.partitions, len(self._shards()))
 
     def _remember(self, keys: list[str], profile_id: str) -> None:
         for k in keys:
@@ -163,26 +155,15 @@ class IdentityResolver:
             pid = nxt
         return pid
 
-    # -- identity shard calls -------------------------------------------------------------
-
-    async def _call(self, shard: int, method: str, *args: Any) -> Any:
-        result = await getattr(self._shards()[shard], method).remote(*args)
-        return decode(result, f"identity shard {shard}")
+    # -- identity shard calls (routed by the identity map: serving/region.py) -------------
 
     async def _by_shard(self, method: str, keys: list[str], *extra: Any) -> list[Any]:
-        groups: dict[int, list[str]] = defaultdict(list)
-        for k in keys:
-            groups[self._shard_of_key(k)].append(k)
-        return list(
-            await asyncio.gather(*(self._call(s, method, ks, *extra) for s, ks in groups.items()))
-        )
+        """``method(its keys, *extra)`` on each identity shard owning some of ``keys``."""
+        return [r for _keys, r in await self.router.scatter(method, keys, str, *extra)]
 
     async def _all(self, method: str, *args: Any) -> list[Any]:
-        return list(
-            await asyncio.gather(
-                *(self._call(i, method, *args) for i in range(len(self._shards())))
-            )
-        )
+        """``method(*args)`` on every identity shard, all at one identity-map epoch."""
+        return await self.router.everywhere(method, *args)
 
     async def owners_of(self, keys: list[str]) -> dict[str, str | None]:
         resolved: dict[str, str | None] = {}
@@ -247,7 +228,7 @@ class IdentityResolver:
                 self.lost_races += 1
                 continue  # an absorbed profile went to another survivor: plan again
             if plan.dropped:
-                await self._by_shard("release", list(plan.dropped))
+                await self._by_shard("release", list(plan.dropped), None)
                 for k in plan.dropped:
                     self.cache.pop(k)
                 out.dropped += list(plan.dropped)
@@ -317,7 +298,7 @@ class IdentityResolver:
 
     async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
         """Every identity shard's ping (None for one that does not answer)."""
-        return await ping_each(self._shards(), timeout_s)
+        return await self.router.ping_all(timeout_s)
 
     async def lookup(self, identifiers: Mapping[str, str]) -> str | None:
         """The profile these identifiers name, without linking or creating anything."""

@@ -1,8 +1,11 @@
 """``ShardRegion``: the ingress side of sharding (Akka's term).
 
-It caches the topology (partition map, profile and identity shard handles)
-from the coordinator, routes each call to the shard that owns the customer,
-and decodes the shards' typed replies (:mod:`actors.replies`) in one place:
+A :class:`PartitionRouter` caches one shard group's partition map and shard
+handles from the coordinator's topology, routes each call to the shard that
+owns the key, and decodes the shards' typed replies (:mod:`actors.replies`)
+in one place. ``ShardRegion`` is the router of profile shards (with the
+event and decide paths); its ``identities`` is the router of identity
+shards, used by ``serving/identity.py``. For both:
 
 - ``StaleEpoch``: refresh the topology and route again; while a partition
   is being handed off its new owner refuses it until it has imported it, and
@@ -30,12 +33,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.coordinator import get_or_create_coordinator
 from actors.decide_wire import pack_requests, unpack_answers
 from actors.profiles import pack_events
 from actors.replies import Failed, Moved, ShardUnavailable, StaleEpoch
+from actors.wire import WIRE_METHODS, WireBroken, WireLink
 from models.customer.events import Event
 from models.errors import Unavailable
 from models.partitioning import PartitionMap
@@ -44,6 +49,7 @@ from models.settings import Settings
 log = logging.getLogger("rtim.region")
 
 _RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+WIRE_LOOKUP_S = 1.0  # at most one socket lookup per shard per this long
 MAX_REROUTES = 200  # stale-map refreshes and holds per call (the deadline bounds them too)
 HOLD_S = (0.005, 0.1)  # first and longest wait for a partition in hand-off
 REFRESH_EVERY_S = 0.05  # while holding, ask the coordinator for news at most this often
@@ -61,24 +67,35 @@ def decode(reply: Any, shard: str) -> Any:
     return reply
 
 
-class ShardRegion:
-    """Routes work to shards; one per ingress replica."""
+GROUPS = {"profile": ("map", "shards"), "identity": ("identity_map", "identity_shards")}
 
-    def __init__(self, settings: Settings) -> None:
+
+class PartitionRouter:
+    """Routes work to the shards of one group (``profile`` or ``identity``) by its map."""
+
+    def __init__(self, settings: Settings, group: str = "profile") -> None:
         self.settings = settings
+        self.group = group
+        self._map_key, self._shards_key = GROUPS[group]
         self.map: PartitionMap | None = None
         self.shards: list[Any] = []
-        self.identity_shards: list[Any] = []
         self.coordinator: Any = None
         self._refresh_lock = asyncio.Lock()
         self.inflight: dict[int, int] = defaultdict(int)
-        self.on_moved: Callable[[str, str], None] | None = None
         self.reroutes = 0
         self.holds = 0  # waits for a partition in hand-off
         self._refreshed_at = 0.0
+        # Same-node shards' sockets (actors/wire.py): hot calls skip Ray's call machinery.
+        self.node_id: str | None = None
+        self._links: dict[int, WireLink] = {}
+        self._looked_up: dict[int, float] = {}  # when we last asked a shard for its socket
+        self._lookups: set[asyncio.Task] = set()
+        self.wire_calls = 0
+        self.ray_calls = 0
 
-    async def start(self) -> None:
-        self.coordinator = get_or_create_coordinator(self.settings)
+    async def start(self, coordinator: Any = None) -> None:
+        self.coordinator = coordinator or get_or_create_coordinator(self.settings)
+        self.node_id = ray.get_runtime_context().get_node_id()
         await self.refresh(0)
 
     async def refresh(self, seen_epoch: int) -> None:
@@ -95,11 +112,13 @@ class ShardRegion:
                 self._refreshed_at = time.monotonic()
                 return
             self._refreshed_at = time.monotonic()
-            m = topo["map"]
+            m = topo[self._map_key]
             self.map = PartitionMap(m["epoch"], tuple(m["owners"]), m["shards"])
-            self.shards = topo["shards"]
-            self.identity_shards = topo["identity_shards"]
-            log.info("partition map epoch %s, %s shards", self.map.epoch, len(self.shards))
+            shards = topo[self._shards_key]
+            if list(map(_actor_of, shards)) != list(map(_actor_of, self.shards)):
+                self._close_links()  # shards added, retired or moved node: look them up again
+            self.shards = shards
+            log.info("%s map epoch %s, %s shards", self.group, self.map.epoch, len(self.shards))
 
     @property
     def epoch(self) -> int:
@@ -109,11 +128,6 @@ class ShardRegion:
     def shard_of(self, customer_id: str) -> int:
         assert self.map is not None
         return self.map.shard_of(customer_id)
-
-    def note_moved(self, old: str, new: str) -> None:
-        """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
-        if self.on_moved is not None:
-            self.on_moved(old, new)
 
     async def after_stale(
         self, epoch: int, reply: StaleEpoch, attempt: int, deadline: float
@@ -172,9 +186,20 @@ class ShardRegion:
                 if stale:
                     return StaleEpoch(self.epoch + 1)
                 raise Unavailable(f"shard {shard} was retired; retry", code="rebalancing")
+            link = self._link(shard, method)
             try:
-                ref = getattr(self.shards[shard], method).remote(*args)
                 remaining = max(deadline - time.monotonic(), 0.001)
+                if link is not None:
+                    try:
+                        reply = await asyncio.wait_for(link.call(method, args), timeout=remaining)
+                        self.wire_calls += 1
+                        return reply
+                    except WireBroken as exc:  # the shard restarted or moved: Ray, at once
+                        log.info("shard %s socket closed (%s); calling through Ray", shard, exc)
+                        self._links.pop(shard, None)
+                        remaining = max(deadline - time.monotonic(), 0.001)
+                ref = getattr(self.shards[shard], method).remote(*args)
+                self.ray_calls += 1
                 return await asyncio.wait_for(ref, timeout=remaining)
             except (*_RETRYABLE, asyncio.TimeoutError, GetTimeoutError) as exc:
                 if isinstance(exc, ActorDiedError):
@@ -194,29 +219,49 @@ class ShardRegion:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def call_for(self, customer_id: str, method: str, *args: Any, follow: bool = True) -> Any:
-        """``method(customer_id, *args, epoch)`` on the customer's shard.
+    # -- the same-node wire (actors/wire.py) -------------------------------------------
 
-        Stale maps are refreshed and the call re-routed; with ``follow`` a
-        ``Moved`` answer is followed to the surviving profile.
+    def _link(self, shard: int, method: str) -> WireLink | None:
+        """The shard's socket link for a hot call, if it runs on our node and has one.
+
+        Without one yet, the shard is asked for its socket in the background
+        (at most once a second per shard) and this call goes through Ray.
         """
-        deadline = time.monotonic() + self.settings.shard_call_timeout_s
-        reroutes = moves = 0
-        while True:
-            epoch = self.epoch
-            shard = self.shard_of(customer_id)
-            result = await self.invoke(shard, method, (customer_id, *args), deadline)
-            if isinstance(result, StaleEpoch):
-                reroutes += 1
-                await self.after_stale(epoch, result, reroutes, deadline)
-            elif follow and isinstance(result, Moved):
-                moves += 1
-                if moves > MAX_MOVES:
-                    raise Unavailable("profile keeps moving (merges); retry", code="rebalancing")
-                self.note_moved(customer_id, result.to)
-                customer_id = result.to
-            else:
-                return result
+        if method not in WIRE_METHODS or not self.settings.shard_wire:
+            return None
+        link = self._links.get(shard)
+        if link is not None and not link.broken:
+            return link
+        now = time.monotonic()
+        if now - self._looked_up.get(shard, -WIRE_LOOKUP_S) >= WIRE_LOOKUP_S:
+            self._looked_up[shard] = now
+            task = asyncio.get_running_loop().create_task(self._look_up(shard))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+        return None
+
+    async def _look_up(self, shard: int) -> None:
+        handle = self.shards[shard]
+        try:
+            address = await asyncio.wait_for(handle.wire_address.remote(), WIRE_LOOKUP_S * 5)
+        except Exception as exc:  # restarting, moved, gone: Ray serves meanwhile
+            log.info("shard %s socket lookup failed: %s", shard, exc)
+            return
+        if (
+            address
+            and address["node"] == self.node_id
+            and shard < len(self.shards)
+            and _actor_of(self.shards[shard]) == _actor_of(handle)
+        ):
+            old = self._links.get(shard)
+            if old is None or old.broken or old.path != address["path"]:
+                self._links[shard] = WireLink(address["path"])
+
+    def _close_links(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        self._looked_up.clear()
 
     async def scatter(
         self,
@@ -263,6 +308,85 @@ class ShardRegion:
                 return done
             attempt += 1
             await self.after_stale(epoch, stale, attempt, deadline)
+
+    async def everywhere(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args, epoch)`` on every shard, all at our epoch; answers in shard order.
+
+        Only for idempotent methods: while any shard refuses the epoch (a move
+        is under way), the map is refreshed (or the call held) and every shard
+        is asked again, so the answers come from one map, never missing what
+        is in transit between two shards.
+        """
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        attempt = 0
+        while True:
+            epoch = self.epoch
+            results = await asyncio.gather(
+                *(self.invoke(i, method, args, deadline) for i in range(len(self.shards)))
+            )
+            stale = [r for r in results if isinstance(r, StaleEpoch)]
+            if not stale:
+                return list(results)
+            attempt += 1
+            await self.after_stale(epoch, max(stale, key=lambda r: r.epoch), attempt, deadline)
+
+    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
+        """``method(*args)`` on every shard of the group, answers decoded, in shard order."""
+        return list(
+            await asyncio.gather(
+                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
+            )
+        )
+
+    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
+        pings = await ping_each(self.shards, timeout_s)
+        if None in pings:  # a shard moved node since our topology? Ask once, then ping again.
+            await self.refresh(self.epoch)
+            pings = await ping_each(self.shards, timeout_s)
+        return pings
+
+
+class ShardRegion(PartitionRouter):
+    """The router of profile shards, one per ingress replica; ``identities`` routes
+    to identity shards."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "profile")
+        self.identities = PartitionRouter(settings, "identity")
+        self.on_moved: Callable[[str, str], None] | None = None
+
+    async def start(self, coordinator: Any = None) -> None:
+        await super().start(coordinator)
+        await self.identities.start(self.coordinator)
+
+    def note_moved(self, old: str, new: str) -> None:
+        """Tell ``on_moved`` (the identity cache) that ``old`` was merged into ``new``."""
+        if self.on_moved is not None:
+            self.on_moved(old, new)
+
+    async def call_for(self, customer_id: str, method: str, *args: Any, follow: bool = True) -> Any:
+        """``method(customer_id, *args, epoch)`` on the customer's shard.
+
+        Stale maps are refreshed and the call re-routed; with ``follow`` a
+        ``Moved`` answer is followed to the surviving profile.
+        """
+        deadline = time.monotonic() + self.settings.shard_call_timeout_s
+        reroutes = moves = 0
+        while True:
+            epoch = self.epoch
+            shard = self.shard_of(customer_id)
+            result = await self.invoke(shard, method, (customer_id, *args), deadline)
+            if isinstance(result, StaleEpoch):
+                reroutes += 1
+                await self.after_stale(epoch, result, reroutes, deadline)
+            elif follow and isinstance(result, Moved):
+                moves += 1
+                if moves > MAX_MOVES:
+                    raise Unavailable("profile keeps moving (merges); retry", code="rebalancing")
+                self.note_moved(customer_id, result.to)
+                customer_id = result.to
+            else:
+                return result
 
     # -- what routes use ------------------------------------------------------------------
 
@@ -330,21 +454,6 @@ class ShardRegion:
                 return out
         raise Unavailable("profiles keep moving (merges); retry", code="rebalancing")
 
-    async def broadcast(self, method: str, *args: Any, timeout_s: float = 30.0) -> list[Any]:
-        """``method(*args)`` on every profile shard, answers decoded, in shard order."""
-        return list(
-            await asyncio.gather(
-                *(self.ask(i, method, *args, timeout_s=timeout_s) for i in range(len(self.shards)))
-            )
-        )
-
-    async def ping_all(self, timeout_s: float = 2.0) -> list[dict | None]:
-        pings = await ping_each(self.shards, timeout_s)
-        if None in pings:  # a shard moved node since our topology? Ask once, then ping again.
-            await self.refresh(self.epoch)
-            pings = await ping_each(self.shards, timeout_s)
-        return pings
-
 
 async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | None]:
     """Every actor's ``ping()`` answer, None for one that does not answer in time."""
@@ -356,6 +465,11 @@ async def ping_each(handles: Sequence[Any], timeout_s: float) -> list[dict | Non
             return None
 
     return list(await asyncio.gather(*(one(h) for h in handles)))
+
+
+def _actor_of(handle: Any) -> Any:
+    """What tells two handles of the same actor apart from another actor's."""
+    return getattr(handle, "_actor_id", id(handle))
 
 
 def _customer_of(item: Any) -> str:

@@ -385,14 +385,26 @@ AUDIT = _object(
         {"ts": _NUM, "who": _STR, "action": _STR, "target": _NULLABLE_STR, "result": _STR})}}
 )  # fmt: skip
 INGRESS_COUNTERS = _object({"decide_fallbacks": _INT, "inflight": _INT, "catalog_version": _STR})
-SHARDS = _object({"epoch": _INT, "shards": _PER_SHARD})
+SHARDS = _object({"epoch": _INT, "shards": _PER_SHARD},
+                 {"identity_epoch": _INT, "identity_shards": _PER_SHARD})  # fmt: skip
 MOVE_JOB = _object(
     {"running": _BOOL, "moves_total": _INT, "moves_done": _INT, "partitions_moved": _INT,
      "error": _NULLABLE_STR},
-    {"target_shards": {"type": ["integer", "null"]}, "current": {"type": ["object", "null"]},
+    {"target_shards": {"type": ["integer", "null"]},
+     "target_identity_shards": {"type": ["integer", "null"]},
+     "current": {"type": ["object", "null"]},
      "started_at": _NULLABLE_NUM, "finished_at": _NULLABLE_NUM, "last_moves": {"type": "array"},
-     "map": _OBJ},
+     "map": _OBJ, "identity_map": _OBJ},
 )  # fmt: skip
+SCALE_REQUEST = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "shards": {"type": "integer", "description": "profile shards to end with"},
+        "identity_shards": {"type": "integer", "description": "identity shards to end with"},
+    },
+}
 
 NODES = _object(
     {"nodes": {"type": "array", "items": _object(

@@ -117,6 +117,11 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
     # A client that stops sending mid-request (slow headers, truncated body)
     # is dropped after this long, not HAProxy's default hour.
     env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = str(settings.client_timeout_s)
+    # Decides beyond this many per replica queue in HAProxy, for at most half the
+    # default deadline (a request let in then still has the other half to be
+    # decided in), instead of in the replica's event loop (serving/haproxy_edge.py).
+    env["RTIM_EDGE_DECIDE_MAXCONN"] = str(settings.edge_decide_maxconn)
+    env["RTIM_EDGE_DECIDE_QUEUE_MS"] = str(max(1, int(settings.decide_deadline_ms / 2)))
     if embedded:
         # Ray starts workers at nice 15 (below its own daemons); the proxy,
         # replicas and shards ARE the server here, so run them at normal priority.

@@ -391,6 +391,7 @@ def _arbitrate(
     )
 
 
+_TINY = np.float32(1e-30)
 _FIXED = ("random", "no_message")  # policies that do not pick by net value
 _RNG = np.random.default_rng()
 
@@ -425,12 +426,13 @@ class _Adaptive:
         self.learning = learning
         self.columns: list[int] = []  # row index of each adaptive candidate
         self.cands: list[CandidateSpec] = []
-        self.bins: list[list[str]] = []
+        self.bins: list[tuple[str, ...]] = []
         self.a: list[float] = []
         self.b: list[float] = []
         self.priors: list[float] = []
         self.learned: list[float] = []
-        self.memo: dict[tuple[str, str], str] = {}  # (predictor, channel) -> bin
+        # (predictor, channel) -> bin; (id of a predictor list, channel) -> its bins
+        self.memo: dict[tuple[Any, str], Any] = {}
         self.none_key = ""  # the no-message model (incremental ranking), drawn last
         self.none_bins: list[str] = []
         self.none: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)  # a, b, prior, learned
@@ -438,11 +440,12 @@ class _Adaptive:
     def add_baseline(self, profile: Profile, ctx: dict, now: float) -> None:
         """The no-message model of the request's first channel: P(outcome | no message)."""
         learner, learning = self.learner, self.learning
-        names = [pr.name for pr in learning.baseline]
         self.none_bins = [pr.bin(pr.getter(profile, ctx, None, now)) for pr in learning.baseline]
         self.none_key = model_key(NO_MESSAGE, ctx["channel"])
         prior = learning.starting_propensity or BASELINE_PROPENSITY
-        a, b, learned = learner.posterior(self.none_key, names, self.none_bins, prior)
+        a, b, learned = learner.posterior(
+            self.none_key, learning.baseline_names, tuple(self.none_bins), prior
+        )
         self.none = (a, b, prior, learned)
 
     def add(
@@ -454,24 +457,32 @@ class _Adaptive:
         ctx: dict,
         now: float,
     ) -> None:
-        learner, learning = self.learner, self.learning
+        learning = self.learning
         preds = learning.predictors[cand.offer_id]
-        names = [pr.name for pr in preds]
         memo = self.memo
-        bins = []
-        for pr in preds:
-            if pr.per_candidate:
-                bins.append(pr.bin(pr.getter(profile, ctx, cand, now)))
-                continue
-            # Facts about the customer and the request: once per decision (and channel).
-            key = (pr.name, ctx["channel"])
-            b = memo.get(key)
-            if b is None:
-                b = memo[key] = pr.bin(pr.getter(profile, ctx, cand, now))
-            bins.append(b)
+        # Offers usually share one predictor list reading only the customer and the
+        # request: its bins are computed once per decision and channel.
+        shared = (id(preds), ctx["channel"])
+        bins = memo.get(shared)
+        if bins is None:
+            out = []
+            per_candidate = False
+            for pr in preds:
+                if pr.per_candidate:
+                    per_candidate = True
+                    out.append(pr.bin(pr.getter(profile, ctx, cand, now)))
+                    continue
+                key = (pr.name, ctx["channel"])
+                b = memo.get(key)
+                if b is None:
+                    b = memo[key] = pr.bin(pr.getter(profile, ctx, cand, now))
+                out.append(b)
+            bins = tuple(out)
+            if not per_candidate:
+                memo[shared] = bins
         prior = learning.starting_propensity if learning.starting_propensity is not None else p
-        a, b, learned = learner.posterior(
-            model_key(cand.offer_id, cand.channel), names, bins, prior
+        a, b, learned = self.learner.posterior(
+            model_key(cand.offer_id, cand.channel), learning.names[cand.offer_id], bins, prior
         )
         self.columns.append(column)
         self.cands.append(cand)
@@ -497,11 +508,13 @@ class _Adaptive:
         k = len(a)
         shapes = np.array(a + b, dtype=np.float32)
         xy = rng.standard_gamma(shapes, size=(learning.draws + 1, 2 * k), dtype=np.float32)
-        x = xy[:, :k].astype(np.float64)
-        return x / (x + xy[:, k:])
+        x = xy[:, :k]
+        # In float32 (7 digits: ample for a propensity). The tiny term keeps a draw
+        # whose two gamma variates both underflow (shapes far below 1) at 0, not NaN.
+        return x / (x + xy[:, k:] + _TINY)
 
     def chosen_bins(self, picked: set[int]) -> list[tuple[int, CandidateSpec, list[str]]]:
-        return [(col, c, bins) for col, c, bins in zip(self.columns, self.cands, self.bins)
+        return [(col, c, list(bins)) for col, c, bins in zip(self.columns, self.cands, self.bins)
                 if col in picked]  # fmt: skip
 
     def explained(self, draws: np.ndarray | None) -> dict[int, dict]:
@@ -538,8 +551,10 @@ def _choice_probabilities(
         scale = np.array([rows[col][3] for col in cols])
         cost: np.ndarray | float = 0.0
     else:
-        scale = np.array([rows[col][3] * rows[col][4].value * rows[col][4].levers for col in cols])
-        cost = np.array([rows[col][4].cost for col in cols])
+        scale, cost = np.array(
+            [(rows[col][3] * rows[col][4].value * rows[col][4].levers, rows[col][4].cost)
+             for col in cols]
+        ).T  # fmt: skip
     sampled = draws[:, :k] - draws[:, -1:] if adaptive.none_key else draws[:, :k]
     if k == len(rows):  # every candidate adaptive (columns are added in row order)
         net = sampled * scale - cost
@@ -548,6 +563,8 @@ def _choice_probabilities(
         for row in rows:  # fixed candidates: the same value in every draw
             net[:, row[5]] = row[0]
         net[:, cols] = sampled * scale - cost
+    if limit == 1:  # offers and groups only matter when several offers are picked
+        return choice_probabilities(net, (), (), catalog.arbitration.min_priority, 1)
     cands = [row[4] for row in rows]
     return choice_probabilities(
         net, [c.offer_id for c in cands], [c.group for c in cands],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from models.identity.config import DEFAULT_IDENTITY, IdentityConfig, key_type
@@ -104,6 +104,31 @@ class IdentityTable:
         for key in keys:
             del self._owner[key]
         return keys
+
+    # -- partition moves (whole links, never trimmed: nothing is lost in transit) -----
+
+    def records_where(self, keep: Callable[[str], bool]) -> list[IdentityRecord]:
+        """Every link whose key ``keep`` selects (the links of moving partitions)."""
+        return [
+            IdentityRecord(k, pid, ts)
+            for pid, ks in self._keys.items()
+            for k, ts in ks.items()
+            if keep(k)
+        ]
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Drop these links (handed off to another shard)."""
+        for key in keys:
+            owner = self._owner.pop(key, None)
+            if owner is not None:
+                self._pop(owner, key)
+
+    def add(self, records: Iterable[Iterable]) -> None:
+        """Take in links ``[key, profile id, first seen]`` as they are (taken over)."""
+        for key, pid, ts in records:
+            self.remove([key])
+            self._owner[key] = pid
+            self._keys.setdefault(pid, {})[key] = ts
 
     def to_state(self) -> dict:
         """Plain, msgpack-friendly snapshot; the key → owner map is derived on load."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,7 @@ MISSING = "missing"
 OTHER = "other"
 MAX_BINS = 64  # distinct categorical bins per predictor and model; memory stays bounded
 DEFAULT_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0, 365.0, 1000.0, 1e4, 1e5)
+ESTIMATE_CACHE = 4096  # (model, bins) estimates kept between two changes of the evidence
 AUC_BUCKETS = 50  # resolution of the prequential AUC histograms
 SMOOTHING = 2.0  # m: pseudo-responses that pull a bin's rate towards the base rate
 DEFAULT_POSITIVE = ("accepted", "clicked")
@@ -166,6 +167,9 @@ class LearningConfig:
     negative_after_s: float | None  # no outcome this long after a decision: a negative
     spec: dict  # as written, for to_dict()
     offer_specs: dict[str, Any]  # each offer's ``adaptive`` key as written
+    # Per adaptive offer its predictors' names (the hot path reads them per candidate).
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    baseline_names: tuple[str, ...] = ()
 
     def is_adaptive(self, offer_id: str) -> bool:
         return offer_id in self.predictors
@@ -224,6 +228,7 @@ def load_learning(
         if oid not in offer_specs:
             raise _fail("learning.offers", f"unknown offer {oid!r}")
     predictors: dict[str, tuple[Predictor, ...]] = {}
+    shared: tuple[Predictor, ...] | None = None  # learning.predictors, parsed once
     for oid, spec in offer_specs.items():
         own = spec.get("adaptive")
         field = f"offers[{oid}].adaptive"
@@ -240,6 +245,9 @@ def load_learning(
                 raise _fail(where, "must be a list of fact names")
         elif own is not None and own is not True:
             raise _fail(field, "adaptive is true, false or {predictors: [...]}")
+        if specs is default_specs and shared is not None:
+            predictors[oid] = shared  # one tuple: the hot path bins it once per decision
+            continue
         preds = []
         for i, p in enumerate(specs):
             try:
@@ -251,6 +259,8 @@ def load_learning(
                     f"offer {oid!r}: {exc.message.split(': ', 1)[-1]}",
                 ) from None
         predictors[oid] = tuple(preds)
+        if specs is default_specs:
+            shared = predictors[oid]
     positive = _outcomes(raw.get("positive", list(DEFAULT_POSITIVE)), "learning.positive")
     negative = _outcomes(raw.get("negative", list(DEFAULT_NEGATIVE)), "learning.negative")
     if positive & negative:
@@ -307,6 +317,8 @@ def load_learning(
         None if start is None else float(start), exploration, draws, ranking, baseline, goal,
         window, negative_after, dict(raw),
         {k: s["adaptive"] for k, s in offer_specs.items() if "adaptive" in s},
+        {k: tuple(p.name for p in preds) for k, preds in predictors.items()},
+        tuple(p.name for p in baseline),
     )  # fmt: skip
 
 
@@ -371,20 +383,28 @@ class Evidence:
     def estimate(self, names: Sequence[str], bins: Sequence[str]) -> tuple[float, float]:
         """``(learned propensity, evidence behind it in responses)``."""
         base = (self.pos + 1.0) / (self.n + 2.0)
-        lo_base = _logit(base)
+        m_base = SMOOTHING * base
+        lo_base = math.log(base / (1.0 - base))
         lo = lo_base
         n_eff = self.n
+        log = math.log
+        tables = self.bins
         for name, b in zip(names, bins):
-            cell = self.bins.get(name, {}).get(b)
-            if cell is None:
-                cell = self.bins.get(name, {}).get(OTHER) if b != MISSING else None
+            table = tables.get(name)
+            cell = None
+            if table is not None:
+                cell = table.get(b)
+                if cell is None and b != MISSING:
+                    cell = table.get(OTHER)
             if cell is None:
                 n_eff = 0.0
                 continue
-            q = (cell[1] + SMOOTHING * base) / (cell[0] + SMOOTHING)
-            lo += _logit(q) - lo_base
-            n_eff = min(n_eff, cell[0])
-        lo = max(-30.0, min(30.0, lo))
+            n = cell[0]
+            q = (cell[1] + m_base) / (n + SMOOTHING)
+            lo += log(q / (1.0 - q)) - lo_base
+            if n < n_eff:
+                n_eff = n
+        lo = -30.0 if lo < -30.0 else 30.0 if lo > 30.0 else lo
         return 1.0 / (1.0 + math.exp(-lo)), n_eff
 
     def merge(self, other: Evidence) -> None:
@@ -498,6 +518,9 @@ class AdaptiveModels:
         self.merged: dict[str, Evidence] = {}
         self.frozen: set[str] = set()
         self.merged_at = 0.0  # when others was last replaced
+        # (model, bins) -> (learned, evidence) of the merged evidence as it is now;
+        # emptied whenever evidence changes, so it never serves a stale estimate.
+        self.estimates: dict[tuple[str, tuple[str, ...]], tuple[float, float]] = {}
 
     # -- predict ---------------------------------------------------------------------
 
@@ -506,11 +529,17 @@ class AdaptiveModels:
     ) -> tuple[float, float, float]:
         """Beta ``(a, b)`` of a candidate's propensity, and the learned estimate alone."""
         w = self.prior_weight
-        prior = min(max(prior, 1e-4), 1.0 - 1e-4)
-        ev = self.merged.get(key)
-        if ev is None or not ev.n:
-            return w * prior, w * (1.0 - prior), prior
-        mu, n = ev.estimate(names, bins)
+        prior = 1e-4 if prior < 1e-4 else 1.0 - 1e-4 if prior > 1.0 - 1e-4 else prior
+        memo = (key, bins if isinstance(bins, tuple) else tuple(bins))
+        known = self.estimates.get(memo)
+        if known is None:
+            ev = self.merged.get(key)
+            if ev is None or not ev.n:
+                return w * prior, w * (1.0 - prior), prior
+            if len(self.estimates) >= ESTIMATE_CACHE:
+                self.estimates.clear()
+            known = self.estimates[memo] = ev.estimate(names, bins)
+        mu, n = known
         return w * prior + n * mu, w * (1.0 - prior) + n * (1.0 - mu), mu
 
     # -- learn -----------------------------------------------------------------------
@@ -521,6 +550,7 @@ class AdaptiveModels:
             return False
         merged = self.merged.get(key)
         before = merged.estimate(names, bins)[0] if merged is not None else None
+        self.estimates.clear()
         for table in (self.local, self.merged):
             ev = table.get(key)
             if ev is None:
@@ -548,6 +578,7 @@ class AdaptiveModels:
         self._remerge()
 
     def _remerge(self) -> None:
+        self.estimates.clear()
         merged: dict[str, Evidence] = {}
         for table in (self.local, self.others):
             for key, ev in table.items():
@@ -561,6 +592,7 @@ class AdaptiveModels:
 
     def reset(self, key: str | None = None) -> None:
         """Forget the evidence of one model (or all): it starts again from its prior."""
+        self.estimates.clear()
         for table in (self.local, self.others, self.merged):
             if key is None:
                 table.clear()
@@ -622,9 +654,11 @@ def choice_probabilities(
         return np.zeros(0), 1.0
     if limit == 1:
         best = net.argmax(axis=1)
-        ok = net.max(axis=1) >= min_priority
-        counts = np.bincount(best, weights=ok, minlength=n)
-        return counts / m, 1.0 - int(np.count_nonzero(ok)) / m
+        ok = net[np.arange(m), best] >= min_priority
+        chosen = int(np.count_nonzero(ok))
+        if chosen == m:
+            return np.bincount(best, minlength=n) / m, 0.0
+        return np.bincount(best, weights=ok, minlength=n) / m, 1.0 - chosen / m
     counts = np.zeros(n)
     empty = 0
     order = np.argsort(-net, axis=1, kind="stable")

@@ -141,8 +141,12 @@ async def ingress_stats(request: Request) -> Response:
 @router.get("/shards", summary="Shard statistics", responses=schema.typed(schema.SHARDS))
 async def shard_stats(request: Request) -> Response:
     ing = await ingress_of(request)
-    stats = await ing.region.broadcast("stats")
-    return answer(request, {"epoch": ing.region.epoch, "shards": stats})
+    stats, identity = await asyncio.gather(
+        ing.region.broadcast("stats"), ing.region.identities.broadcast("ping")
+    )
+    body = {"epoch": ing.region.epoch, "shards": stats,
+            "identity_epoch": ing.region.identities.epoch, "identity_shards": identity}  # fmt: skip
+    return answer(request, body)
 
 
 def _count(body: object, name: str) -> int:
@@ -160,6 +164,10 @@ async def _ask_coordinator(ing: Any, method: str, *args: Any) -> Any:
         raise Unavailable("the shard coordinator is restarting; retry", 2.0) from None
 
 
+def _outcome(reply: object) -> str:
+    return f"refused: {reply.code}" if isinstance(reply, Failed) else "ok"
+
+
 def _started(request: Request, reply: object) -> Response:
     """A coordinator's refusal as its error, or 202 with the job's progress."""
     if isinstance(reply, Failed):
@@ -169,17 +177,25 @@ def _started(request: Request, reply: object) -> Response:
 
 @router.put(
     "/shards",
-    summary="Scale to N profile shards, moving partitions live (202; progress at /rebalance)",
+    summary="Scale to N profile and/or identity shards, moving partitions live "
+    "(202; progress at /rebalance)",
     status_code=202,
     responses=schema.typed(schema.MOVE_JOB, "the job started", 202),
-    openapi_extra=schema.body(
-        {"type": "object", "required": ["shards"], "properties": {"shards": {"type": "integer"}}}
-    ),
+    openapi_extra=schema.body(schema.SCALE_REQUEST),
 )
 async def scale_shards(request: Request) -> Response:
     ing = await ingress_of(request)
-    shards = _count(await read_body(request, ing.settings.max_body_bytes), "shards")
-    return _started(request, await _ask_coordinator(ing, "scale", shards))
+    body = await read_body(request, ing.settings.max_body_bytes)
+    names = ("shards", "identity_shards")
+    if not isinstance(body, dict) or not body or set(body) - set(names):
+        raise ValidationError(
+            'body must be {"shards": <integer>} and/or {"identity_shards": <integer>}', "shards"
+        )
+    counts = {n: _count(body, n) if n in body else None for n in names}
+    reply = await _ask_coordinator(ing, "scale", counts["shards"], counts["identity_shards"])
+    target = ", ".join(f"{n}={c}" for n, c in counts.items() if c is not None)
+    await audit(request, "shards.scale", target, _outcome(reply))
+    return _started(request, reply)
 
 
 @router.post(
@@ -194,6 +210,7 @@ async def scale_shards(request: Request) -> Response:
             "properties": {
                 "partitions": {"type": "array", "items": {"type": "integer"}},
                 "to": {"type": "integer"},
+                "identity": {"type": "boolean", "description": "move identity partitions"},
             },
         }
     ),
@@ -209,7 +226,14 @@ async def move_partitions(request: Request) -> Response:
         or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts)
     ):
         raise ValidationError("partitions must be a non-empty list of integers", "partitions")
-    return _started(request, await _ask_coordinator(ing, "move_partitions", parts, to))
+    identity = body.get("identity", False)
+    if not isinstance(identity, bool):
+        raise ValidationError("identity must be true or false", "identity")
+    reply = await _ask_coordinator(ing, "move_partitions", parts, to, identity)
+    group = "identity" if identity else "profile"
+    await audit(request, "partitions.move", f"{group} {sorted(set(parts))} to {to}",
+                _outcome(reply))  # fmt: skip
+    return _started(request, reply)
 
 
 @router.get(
@@ -236,7 +260,7 @@ async def rebalance_nodes(request: Request) -> Response:
     if drain is not None and (not isinstance(drain, str) or not 1 <= len(drain) <= 128):
         raise ValidationError("drain must be a node id (GET /v1/admin/nodes lists them)", "drain")
     reply = await _ask_coordinator(ing, "rebalance_nodes", drain)
-    await audit(request, "nodes.rebalance", drain, "refused" if isinstance(reply, Failed) else "ok")
+    await audit(request, "nodes.rebalance", drain, _outcome(reply))
     return _started(request, reply)
 
 

@@ -77,3 +77,16 @@ async def test_unusable_data_directory_refuses_everything(tmp_path: Path) -> Non
     assert isinstance(await shard.apply_events([ev("a")], None, 1), ShardUnavailable)
     assert isinstance(await shard.get_profile("a", 1), ShardUnavailable)
     assert isinstance(await shard.snapshot(), ShardUnavailable)
+
+
+async def test_one_keyed_request_twice_in_one_call_is_decided_once(tmp_path: Path) -> None:
+    # A campaign batch re-sent after a lost answer may carry a key twice (or a
+    # client retries inside one batch): one decision, one impression, one log entry.
+    shard = make(tmp_path)
+    req = DecideRequest("a", ("email",), idempotency_key="campaign:7")
+    other = DecideRequest("b", ("email",), idempotency_key="campaign:7")  # same key, other customer
+    out = await shard.decide([req, other, req], None, 1)
+    assert out[0].decision_id == out[2].decision_id != out[1].decision_id
+    assert len(shard.engine.log) == 2
+    again = await shard.decide([req], None, 1)  # and a later call answers the same
+    assert again[0].decision_id == out[0].decision_id

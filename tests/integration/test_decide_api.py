@@ -368,3 +368,78 @@ async def test_catalogue_body_must_be_a_mapping_never_a_server_path(client) -> N
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
     assert (await client.get("/v1/catalog")).json()["version"] == before
+
+
+async def wire_calls(c: httpx.AsyncClient, url: str) -> int:
+    return (await c.get(f"{url}/v1/admin/ingress")).json()["shard_calls"]["wire"]
+
+
+async def decide_on_each_shard(c: httpx.AsyncClient, url: str, cids: list[str]) -> None:
+    for cid in cids:
+        r = await c.post(f"{url}/v1/decide", json={"customer_id": cid, "channel": "web",
+                                                   "deadline_ms": 5000})  # fmt: skip
+        assert r.status_code == 200 and not r.json()["fallback"], r.text
+
+
+async def wire_used_by(c: httpx.AsyncClient, url: str, cids: list[str]) -> None:
+    """Decides through ``url`` until they go over the shards' sockets (bounded)."""
+    before = await wire_calls(c, url)
+    deadline = time.monotonic() + 15
+    while await wire_calls(c, url) < before + len(cids):
+        assert time.monotonic() < deadline, "decides never went over the shard socket"
+        await decide_on_each_shard(c, url, cids)
+        await asyncio.sleep(0.2)
+
+
+async def test_same_node_replicas_decide_over_the_shard_socket_and_survive_a_shard_kill(
+    server_settings,
+) -> None:
+    pmap = PartitionMap.initial(server_settings.partitions, 2)
+    ids = [f"wire-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+    cids = [next(c for c in ids if pmap.shard_of(c) == s) for s in (0, 1)]
+    async with httpx.AsyncClient(timeout=30, headers=auth_headers()) as c:
+        urls = replica_urls(expect=2)
+        for url in urls:  # both replicas, both shards
+            await wire_used_by(c, url, cids)
+        # kill -9 the shard: calls in flight fail over to Ray, then to its new socket.
+        ray.kill(ray.get_actor(shard_name(0), namespace=NAMESPACE), no_restart=False)
+        await decide_on_each_shard(c, urls[0], cids)  # answered by the restarted shard
+        for url in urls:
+            await wire_used_by(c, url, cids)
+
+
+async def test_decides_beyond_each_replicas_limit_wait_in_haproxy_at_most_the_deadline(
+    client, server_settings
+) -> None:
+    # Each replica takes at most edge_decide_maxconn decides at once; the rest
+    # wait in HAProxy's queue for at most half the default deadline, then 503: they
+    # never pile up in a replica's event loop (issue 14, overload).
+    assert server_settings.edge_decide_maxconn == 32
+    pmap = PartitionMap.initial(server_settings.partitions, 2)
+    ids = (f"edge-{uuid.uuid4().hex[:8]}" for _ in range(10_000))
+    cids = [c for c in ids if pmap.shard_of(c) == 0][:200]
+    shard = ray.get_actor(shard_name(0), namespace=NAMESPACE)
+    await shard.set_slow.remote(0.3)
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+    try:
+        async with httpx.AsyncClient(
+            base_url=str(client.base_url), headers=auth_headers(), timeout=30, limits=limits
+        ) as c:
+
+            async def one(cid: str) -> tuple[httpx.Response, float]:
+                t0 = time.perf_counter()
+                r = await c.post("/v1/decide", json={"customer_id": cid, "channel": "web",
+                                                     "deadline_ms": 10_000})  # fmt: skip
+                return r, time.perf_counter() - t0
+
+            answers = await asyncio.gather(*(one(cid) for cid in cids))
+    finally:
+        await shard.set_slow.remote(0.0)
+    refused = [(r, t) for r, t in answers if r.status_code == 503]
+    assert all(r.status_code in (200, 503) for r, _ in answers), {r.status_code for r, _ in answers}
+    assert len(refused) >= 100, len(refused)  # 2 replicas x 32 admitted, the rest queued out
+    for r, took in refused:
+        assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+        # The queue's 25 ms (plus this client's own time for 200 connections on a
+        # loaded machine), not the 10 s the request allowed itself.
+        assert took < 5.0, took

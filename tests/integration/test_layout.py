@@ -3,6 +3,8 @@
 A restart with another shard count moves partitions (live hand-offs, see
 ``actors/handoff.py``) instead of serving a partial view; ``shards: 0`` keeps
 the stored count; scaling requests that cannot work are refused with a 4xx.
+The identity map is kept and scaled the same way: every identifier still
+names its customer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 from tests_support import free_port, start_cli_server, stop_cli_server
 
-from actors.coordinator import layout_conflict, rescale_to, stored_map
+from actors.coordinator import layout_conflict, rescale_to, stored_identity_map, stored_map
 from models.partitioning import PartitionMap
 from models.settings import load_settings
 
@@ -69,8 +71,11 @@ def wait_for_job(c: httpx.Client, timeout_s: float = 90.0) -> dict:
     raise AssertionError(f"scaling did not finish: {p}")
 
 
-def check_everyone(c: httpx.Client, views: dict[str, int], shards: int) -> None:
-    """Every customer answers with its own count; the map is the same on every shard."""
+def check_everyone(c: httpx.Client, views: dict[str, int], shards: int, logged_in: int = 0) -> None:
+    """Every customer answers with its own count; the map is the same on every shard.
+
+    ``logged_in``: profiles made by logins besides ``views``.
+    """
     for cid, n in views.items():
         r = c.get(f"/v1/profiles/{cid}")
         assert r.status_code == 200, (cid, r.text)
@@ -79,9 +84,22 @@ def check_everyone(c: httpx.Client, views: dict[str, int], shards: int) -> None:
     assert len(stats["shards"]) == shards
     assert {s["epoch"] for s in stats["shards"]} == {stats["epoch"]}
     assert sum(s["partitions"] for s in stats["shards"]) == PARTITIONS
-    assert sum(s["profiles"] for s in stats["shards"]) == len(views)
+    assert sum(s["profiles"] for s in stats["shards"]) == len(views) + logged_in
     sizes = [s["partitions"] for s in stats["shards"]]
     assert max(sizes) - min(sizes) <= 1, sizes
+
+
+def check_identities(c: httpx.Client, people: dict[str, str], identity_shards: int) -> None:
+    """Every cookie names its account; identity partitions spread evenly, one owner each."""
+    for cookie, account in people.items():
+        r = c.get("/v1/profiles", params={"cookie": cookie})
+        assert r.status_code == 200, (cookie, r.text)
+        assert r.json()["customer_id"] == account
+    stats = c.get("/v1/admin/shards").json()["identity_shards"]
+    assert len(stats) == identity_shards
+    assert sum(s["identifiers"] for s in stats) == 2 * len(people)
+    sizes = [s["partitions"] for s in stats]
+    assert sum(sizes) == PARTITIONS and max(sizes) - min(sizes) <= 1, sizes
 
 
 def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
@@ -92,11 +110,21 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
     views = {f"layout-{uuid.uuid4().hex[:8]}": 1 + i % 3 for i in range(40)}
     events = [{"event_id": uuid.uuid4().hex, "customer_id": cid, "type": "page_view"}
               for cid, n in views.items() for _ in range(n)]  # fmt: skip
+    people = {f"ck-{uuid.uuid4().hex[:8]}": f"acct-{uuid.uuid4().hex[:8]}" for _ in range(20)}
+    logins = [{"event_id": uuid.uuid4().hex, "type": "identify",
+               "identifiers": {"cookie": ck, "account": acct}}
+              for ck, acct in people.items()]  # fmt: skip
     proc = start_cli_server(port, data, log, shards=1, partitions=PARTITIONS)
     try:
         with httpx.Client(base_url=base, timeout=30) as c:
             assert c.post("/v1/events", json={"events": events}).json()["applied"] == len(events)
             c.post("/v1/decide/batch", json={"customer_ids": list(views), "channel": "web"})
+            assert c.post("/v1/events", json={"events": logins}).status_code == 200
+            check_identities(c, people, 1)
+            r = c.put("/v1/admin/shards", json={"identity_shards": 2})
+            assert r.status_code == 202, r.text
+            assert wait_for_job(c)["identity_map"]["shards"] == 2
+            check_identities(c, people, 2)
     finally:
         stop_cli_server(proc)
 
@@ -104,7 +132,8 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
     proc = start_cli_server(port, data, log, shards=3, partitions=PARTITIONS)
     try:
         with httpx.Client(base_url=base, timeout=30) as c:
-            check_everyone(c, views, 3)
+            check_everyone(c, views, 3, len(people))
+            check_identities(c, people, 2)  # the identity map was kept
             # Re-sent events are still recognised: dedupe ids moved with the profiles.
             again = c.post("/v1/events", json={"events": events}).json()
             assert again["duplicates"] == len(events)
@@ -113,6 +142,14 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
                 r = c.put("/v1/admin/shards", json={"shards": bad})
                 assert r.status_code == 400, r.text
                 assert r.json()["error"]["field"] == field
+                r = c.put("/v1/admin/shards", json={"identity_shards": bad})
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["field"] == "identity_shards"
+            for bad_body in ({}, {"identity": 2}, [2]):
+                r = c.put("/v1/admin/shards", json=bad_body)
+                assert r.status_code == 400, r.text
+            r = c.post("/v1/admin/moves", json={"partitions": [0], "to": 2, "identity": True})
+            assert r.status_code == 404 and "identity shard" in r.json()["error"]["message"]
             r = c.post("/v1/admin/moves", json={"partitions": [PARTITIONS], "to": 0})
             assert r.status_code == 404 and "partition" in r.json()["error"]["message"]
             r = c.post("/v1/admin/moves", json={"partitions": [0], "to": 7})
@@ -122,9 +159,11 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             assert r.status_code == 202, r.text
             busy = c.put("/v1/admin/shards", json={"shards": 4})
             assert busy.status_code == 409 and busy.json()["error"]["code"] == "move_in_progress"
+            busy = c.put("/v1/admin/shards", json={"identity_shards": 3})
+            assert busy.status_code == 409 and "move is running" in busy.json()["error"]["message"]
             done = wait_for_job(c)
             assert done["moves_done"] == done["moves_total"] > 0
-            check_everyone(c, views, 2)
+            check_everyone(c, views, 2, len(people))
 
             # What an operator runs: `rtim scale`, with progress until it is done.
             refused = rtim("scale", "--shards", "0", "--url", base)
@@ -132,7 +171,13 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             scaled = rtim("scale", "--shards", "1", "--url", base)
             assert scaled.returncode == 0, scaled.stderr
             assert "hand-offs" in scaled.stdout and "over 1 shards" in scaled.stdout
-            check_everyone(c, views, 1)
+            check_everyone(c, views, 1, len(people))
+            scaled = rtim("scale", "--identity-shards", "1", "--url", base)
+            assert scaled.returncode == 0, scaled.stderr
+            assert "over 1 identity shards" in scaled.stdout, scaled.stdout
+            check_identities(c, people, 1)
+            audit = c.get("/v1/admin/audit", params={"action": "shards.scale"}).json()
+            assert audit["entries"][0]["target"] == "identity_shards=1", audit
             decisions = c.get(f"/v1/profiles/{next(iter(views))}/decisions")
             assert decisions.status_code == 200 and decisions.json()
 
@@ -149,7 +194,7 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             assert r.status_code == 400, r.text
             spread = rtim("rebalance", "--url", base)
             assert spread.returncode == 0 and "0 shards moved" in spread.stdout, spread
-            check_everyone(c, views, 1)
+            check_everyone(c, views, 1, len(people))
     finally:
         stop_cli_server(proc)
     assert list(data.glob("shard-1.retired-epoch-*")) and list(data.glob("shard-2.retired-*"))
@@ -159,3 +204,6 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
     stored = stored_map(auto)
     assert stored is not None and stored.shards == 1 and set(stored.owners) == {0}
     assert rescale_to(auto) is None and layout_conflict(auto) is None
+    ids = stored_identity_map(auto)
+    assert ids is not None and ids.shards == 1 and set(ids.owners) == {0}
+    assert list(data.glob("identity-1.retired-epoch-*"))

@@ -103,11 +103,10 @@ def test_quick_benchmark_reports_every_number_without_errors(tmp_path: Path) -> 
     assert ext["decide"]["16"]["fallback_share"] is not None
     assert 0 < ext["ratio_decide_to_reference"]["16"] < 5
     for mode, r in ext["overload"]["256"].items():
-        # Every answer is a decision, a fallback or (asked for) a 503.
-        allowed = {"200", "503"} if mode == "reject" else {"200"}
-        assert set(r["statuses"]) <= allowed, (mode, r)
+        # Every answer is a decision, a fallback or a 503: asked for, or HAProxy's
+        # "overloaded" for decides that found every replica full (edge_decide_maxconn).
+        assert set(r["statuses"]) <= {"200", "503"}, (mode, r)
         assert r["decisions"] + r["fallbacks"] + r["rejected_503"] == r["requests"], (mode, r)
-    assert ext["overload"]["256"]["fallback"]["rejected_503"] == 0
     # The benchmark stopped the server it started.
     assert not port_open(data["server"]["url"])
 

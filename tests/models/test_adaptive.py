@@ -261,3 +261,60 @@ def test_incremental_ranking_refuses_offer_facts_for_the_baseline() -> None:
     with pytest.raises(CatalogError) as err:
         load_catalog(doc)
     assert err.value.field == "learning.predictors[0]"
+
+
+def test_a_decision_sees_a_response_as_soon_as_it_is_learned() -> None:
+    """Estimates are memoised per (model, bins); every change of evidence empties the memo."""
+    stream = _stream(600, seed=11)
+    models, fresh = AdaptiveModels(), AdaptiveModels()
+    for offer, seg, y in stream:
+        models.learn_one(f"{offer}@web", ["attr.segment"], [seg], y)
+    before = models.posterior("card@web", ["attr.segment"], ("young",), 0.1)
+    assert models.posterior("card@web", ["attr.segment"], ("young",), 0.1) == before  # memo
+    models.learn_one("card@web", ["attr.segment"], ["young"], True)
+    for offer, seg, y in [*stream, ("card", "young", True)]:
+        fresh.learn_one(f"{offer}@web", ["attr.segment"], [seg], y)
+    after = models.posterior("card@web", ["attr.segment"], ("young",), 0.1)
+    assert after != before
+    assert after == fresh.posterior("card@web", ["attr.segment"], ("young",), 0.1)
+    other = AdaptiveModels()
+    for _ in range(50):
+        other.learn_one("card@web", ["attr.segment"], ["young"], False)
+    models.merge_others([other.export()])  # another shard's evidence arrives
+    merged = models.posterior("card@web", ["attr.segment"], ("young",), 0.1)
+    assert merged[2] < after[2]
+    models.reset("card@web")
+    assert models.posterior("card@web", ["attr.segment"], ("young",), 0.1) == pytest.approx(
+        (2.0, 18.0, 0.1)
+    )
+
+
+def test_thompson_draws_stay_finite_with_a_vanishing_prior() -> None:
+    """Shapes far below 1 make both float32 gamma variates underflow at times: never NaN."""
+    cat = load_catalog(catalog_doc(prior_weight=1e-6, starting_propensity=1e-6))
+    models = AdaptiveModels(cat.learning.prior_weight, seed=12)  # type: ignore[union-attr]
+    profile = Profile("c1", attrs={"segment": "young"})
+    for _ in range(300):
+        rec = decide(profile, request(), cat, PriorScorer(default=0.1), NOW, learner=models)
+        assert all(0.0 <= o.propensity <= 1.0 for o in rec.offers)
+        assert 0.0 <= rec.probability <= 1.0
+        assert all(0.0 < o.probability <= 1.0 for o in rec.offers)
+
+
+def test_offers_sharing_the_default_predictors_bin_the_customer_once() -> None:
+    doc = catalog_doc(predictors=["attr.segment", {"fact": "attr.age", "bins": [30, 60]}])
+    doc["offers"][2]["adaptive"] = {"predictors": ["attr.age"]}  # pension: its own list
+    cat = load_catalog(doc)
+    learning = cat.learning
+    assert learning is not None
+    assert learning.predictors["card"] is learning.predictors["loan"]
+    assert learning.names["pension"] == ("attr.age",)
+    models = AdaptiveModels(seed=13)
+    profile = Profile("c1", attrs={"segment": "family", "age": 41})
+    seen = set()
+    for _ in range(200):
+        rec = decide(profile, request(limit=3), cat, PriorScorer(default=0.1), NOW, learner=models)
+        for key, bins in (rec.predictors or {}).items():
+            seen.add(key)
+            assert bins == (["family", ">=30"] if key != "pension@web" else [">=30"])
+    assert seen == {"card@web", "loan@web", "pension@web"}
