@@ -34,6 +34,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.identity import IdentityShard, identity_dir, identity_name
+from actors.nodes import (
+    SHARD_CPUS,
+    all_live_nodes,
+    drain_node,
+    draining_nodes,
+    head_node,
+    live_nodes,
+)
 from actors.rebalance import (
     STEP_TIMEOUT_S,
     MoveStalled,
@@ -217,7 +225,9 @@ class ShardCoordinatorImpl:
         """Shard actors: named, detached, restarted without limit, spread over nodes.
 
         With ``node``: on that node while it lives (soft affinity: a shard
-        whose node is lost restarts on another one, as without it).
+        whose node is lost restarts on another one, as without it). Ray
+        honours the affinity only because the actor asks for some CPU
+        (``SHARD_CPUS``, ``actors/nodes.py``); draining nodes are left out.
         """
         strategy: Any = "SPREAD"
         if node is not None:
@@ -229,7 +239,7 @@ class ShardCoordinatorImpl:
             "lifetime": "detached",
             "max_restarts": -1,
             "max_task_retries": 0,
-            "num_cpus": 0,
+            "num_cpus": SHARD_CPUS,
             "max_concurrency": 1000,
             "scheduling_strategy": strategy,
         }
@@ -556,9 +566,10 @@ class ShardCoordinatorImpl:
             f"new {g.label}s starting",
             lambda: asyncio.gather(*(s.ping.remote() for s in g.handles)),
         )
-        for i, node in asked.items():  # soft affinity put it elsewhere: start it again there
+        for i, node in asked.items():  # not where it was asked to be: start it again there
             if pings[i]["node"] != node:
-                await self._relocate(i, node)
+                log.warning("new shard %d asked for node %s, runs on %s", i, node, pings[i]["node"])
+                await self._relocate(i, node, frozenset(draining_nodes()))
 
     async def _retire_shards(self, g: ShardGroup, shards: int) -> None:
         """Shards ``shards..`` own nothing now: stop them and set their directories aside."""
@@ -584,13 +595,17 @@ class ShardCoordinatorImpl:
         return {i: p["node"] for i, p in enumerate(pings) if isinstance(p, dict)}
 
     async def placement(self) -> dict[str, Any]:
-        """The live nodes (id, CPUs, shards on it) and each shard's node."""
+        """The live nodes (id, CPUs, shards on it, draining or not) and each shard's node."""
         self._resume()
         where = await self._shard_nodes()
-        cpus = live_nodes()
+        cpus = all_live_nodes()
+        draining = draining_nodes()
         on = {n: sorted(i for i, w in where.items() if w == n) for n in cpus}
         return {
-            "nodes": [{"node": n, "cpus": cpus[n], "shards": on[n]} for n in sorted(on)],
+            "nodes": [
+                {"node": n, "cpus": cpus[n], "shards": on[n], "draining": n in draining}
+                for n in sorted(on)
+            ],
             "shards": [{"shard": i, "node": where.get(i)} for i in range(len(self.shards))],
         }
 
@@ -602,23 +617,37 @@ class ShardCoordinatorImpl:
         changes owner, nothing is copied, and a shard's journal replay is
         what a node loss costs anyway. The map's epoch then bumps, so every
         region fetches the new actor handle.
+
+        ``drain`` is first marked draining in Ray's GCS (``actors/nodes.py``):
+        from then on no scheduler starts a shard there, whether it is
+        relocated, restarted after another node's loss or new. Shards on any
+        draining node (an earlier drain that stopped half-way) always move.
         """
         refused = self._refusal()
         if refused:
             return refused
-        nodes = live_nodes()
-        if drain is not None and drain not in nodes:
+        nodes = live_nodes()  # the nodes that can take a shard: not draining
+        if drain is not None and drain not in all_live_nodes():
             return Failed("not_found", f"no live node {drain!r} (see GET /v1/admin/nodes)", "drain")
         where = await self._shard_nodes()
         if len(where) < len(self.shards):
             down = sorted(set(range(len(self.shards))) - set(where))
             return Failed("unavailable", f"shards {down} are not answering; retry", None)
+        leaving = frozenset(draining_nodes() | ({drain} if drain else set()))
         try:
-            plan = spread_plan(where, nodes, frozenset({drain} if drain else ()))
+            plan = spread_plan(where, nodes, leaving)
         except ValueError as exc:
             return Failed("invalid_request", f"cannot drain {drain}: {exc}", "drain")
+        if drain is not None and drain == head_node():
+            return Failed("invalid_request", "the head node runs Ray's GCS; it is never drained",
+                          "drain")  # fmt: skip
+        if drain is not None:  # one-way: only once the plan is known to have somewhere to go
+            refusal = await asyncio.to_thread(drain_node, drain, "rtim rebalance --drain")
+            if refusal:
+                return Failed("invalid_request", f"Ray refused to drain {drain}: {refusal}",
+                              "drain")  # fmt: skip
         self._start(
-            self._relocate_all(plan, frozenset({drain} if drain else ())),
+            self._relocate_all(plan, leaving),
             Progress(True, moves_total=len(plan)),
         )
         await asyncio.sleep(0)
@@ -643,10 +672,11 @@ class ShardCoordinatorImpl:
     async def _relocate(self, index: int, node: str, avoid: frozenset[str] = frozenset()) -> str:
         """Stop shard ``index`` and start it again on ``node``; bump the map's epoch.
 
-        Returns the node it runs on now. Ray's soft node affinity sometimes
-        starts the actor elsewhere (seen on a loaded machine): it is then
-        stopped and started again, ``RELOCATE_ATTEMPTS`` times at most; it
-        must at least not stay on a node in ``avoid`` (the one being drained).
+        Returns the node it runs on now. Soft node affinity is exact for an
+        actor that asks for some CPU (``actors/nodes.py``), so a shard lands
+        elsewhere only when ``node`` died or started draining meanwhile; the
+        landing is checked anyway and the start repeated, ``RELOCATE_ATTEMPTS``
+        times at most, and it must not stay on a node in ``avoid`` (draining).
 
         Crash safety: the data directory is the shard's state, so a
         coordinator that dies anywhere here leaves at worst a stopped shard,
@@ -690,12 +720,6 @@ class ShardCoordinatorImpl:
 ShardCoordinator = ray.remote(ShardCoordinatorImpl)
 
 
-def live_nodes() -> dict[str, float]:
-    """Live Ray nodes: node id → CPUs."""
-    return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0))
-            for n in ray.nodes() if n.get("Alive")}  # fmt: skip
-
-
 def _reason(reply: Any) -> str:
     if isinstance(reply, ShardUnavailable):
         return reply.reason
@@ -719,5 +743,8 @@ def get_or_create_coordinator(settings: Settings) -> Any:
         get_if_exists=True,
         lifetime="detached",
         max_restarts=-1,
-        num_cpus=0,
+        # Some CPU, as shards ask: a drained node hosting the coordinator stays up
+        # (Ray stops a drained node once nothing holding resources runs on it)
+        # until it is removed, instead of taking the coordinator down mid-job.
+        num_cpus=SHARD_CPUS,
     ).remote(settings.to_dict())

@@ -5,8 +5,9 @@
 stops cleanly on Ctrl-C. ``rtim scale --shards N`` (``--identity-shards M``)
 asks a running server (over its admin API) to move partitions live onto N
 profile shards (M identity shards), ``rtim rebalance``
-to spread its shards over the cluster's nodes (``--drain NODE_ID``: move every
-shard off that node before it is removed); both print the progress until done.
+to spread its shards over the cluster's nodes (``--drain NODE_ID``: mark that
+node draining in Ray and move every shard off it before it is removed); both
+print the progress until done.
 ``rtim evaluate`` scores a candidate policy on logged history offline
 (``serving/evaluate.py``).
 """
@@ -174,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(sc)
     sc.set_defaults(func=_scale)
     rb = sub.add_parser("rebalance", help="spread shards over the cluster's nodes (or drain one)")
-    rb.add_argument("--drain", metavar="NODE_ID", help="move every shard off this node instead")
+    rb.add_argument(
+        "--drain",
+        metavar="NODE_ID",
+        help="mark this node draining in Ray (no shard starts there again) and move its shards off",
+    )
     _job_arguments(rb)
     rb.set_defaults(func=_rebalance)
     from serving.bulk.commands import add_campaign_parser, add_export_parser, add_import_parser

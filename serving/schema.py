@@ -408,7 +408,8 @@ SCALE_REQUEST = {
 
 NODES = _object(
     {"nodes": {"type": "array", "items": _object(
-        {"node": _STR, "cpus": _NUM, "shards": {"type": "array", "items": _INT}})},
+        {"node": _STR, "cpus": _NUM, "shards": {"type": "array", "items": _INT},
+         "draining": _BOOL})},
      "shards": {"type": "array", "items": _object(
         {"shard": _INT, "node": _NULLABLE_STR})}},
 )  # fmt: skip

@@ -184,6 +184,7 @@ def test_restart_and_scaling_move_partitions_and_every_customer_stays_readable(
             # Shards over nodes: one node here, so nothing to spread and nowhere to drain to.
             nodes = c.get("/v1/admin/nodes").json()
             assert len(nodes["nodes"]) == 1 and nodes["nodes"][0]["shards"] == [0], nodes
+            assert nodes["nodes"][0]["draining"] is False, nodes
             only = nodes["nodes"][0]["node"]
             r = c.post("/v1/admin/rebalance", json={"drain": "no-such-node"})
             assert r.status_code == 404 and r.json()["error"]["field"] == "drain", r.text
