@@ -24,6 +24,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from loadtest import launcher
 from loadtest.wrkload import ensure_wrk, run_wrk
@@ -42,40 +43,35 @@ def group(process: str) -> str:
 
 
 def one_server(name: str, env: dict[str, str], profiles: int, seconds: float) -> list[dict]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     run_dir = ROOT / "var" / "bench" / f"cpu-split-{name}-{int(time.time())}"
-    try:
-        with launcher.running_server(run_dir, ingress_mode="haproxy") as srv:
-            os.environ["RTIM_API_KEY"] = srv.api_key
-            subprocess.run(
-                [sys.executable, "-m", "loadtest.bench", "--url", srv.url, "--preload-only",
-                 "--profiles", str(profiles)],
-                check=True, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=600,
-            )  # fmt: skip
-            rows = []
-            for path in ("/noop", "/v1/decide"):
-                before = launcher.session_cpu(srv.sid)
-                r = run_wrk(srv.url, path, 16, seconds, api_key=srv.api_key, customers=profiles)
-                spent = launcher.session_cpu(srv.sid) - before
-                by_group: Counter = Counter()
-                for process, cpu_s in spent.items():
-                    by_group[group(process)] += cpu_s
-                n = max(r["requests"], 1)
-                rows.append({
-                    "variant": name, "path": path, "rps": r["rps"],
-                    "fallback_share": r.get("fallback_share"), "p99_ms": r.get("p99_ms"),
-                    "us_per_request": {g: round(1e6 * s / n) for g, s in by_group.items()},
-                    "total_us_per_request": round(1e6 * sum(by_group.values()) / n),
-                })  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
-            return rows
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # The server inherits our environment at start-up; patch.dict puts it back after.
+    with (
+        mock.patch.dict(os.environ, env),
+        launcher.running_server(run_dir, ingress_mode="haproxy") as srv,
+    ):
+        os.environ["RTIM_API_KEY"] = srv.api_key
+        subprocess.run(
+            [sys.executable, "-m", "loadtest.bench", "--url", srv.url, "--preload-only",
+             "--profiles", str(profiles)],
+            check=True, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=600,
+        )  # fmt: skip
+        rows = []
+        for path in ("/noop", "/v1/decide"):
+            before = launcher.session_cpu(srv.sid)
+            r = run_wrk(srv.url, path, 16, seconds, api_key=srv.api_key, customers=profiles)
+            spent = launcher.session_cpu(srv.sid) - before
+            by_group: Counter = Counter()
+            for process, cpu_s in spent.items():
+                by_group[group(process)] += cpu_s
+            n = max(r["requests"], 1)
+            rows.append({
+                "variant": name, "path": path, "rps": r["rps"],
+                "fallback_share": r.get("fallback_share"), "p99_ms": r.get("p99_ms"),
+                "us_per_request": {g: round(1e6 * s / n) for g, s in by_group.items()},
+                "total_us_per_request": round(1e6 * sum(by_group.values()) / n),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+        return rows
 
 
 def summary(rows: list[dict]) -> dict[str, Any]:
