@@ -4,7 +4,8 @@ A Ray actor call costs about 0.6 ms of CPU in the caller and as much in the
 actor (gRPC, the core worker's task machinery, its threads), whatever the
 call carries; a decide costs the shard about 0.15 ms. A length-prefixed
 frame over a Unix socket to the same process costs about 0.02 ms on each
-side (``loadtest/microbench.py wire``). So an ingress replica on the same
+side (an echo actor of 300 bytes, 8 calls in flight, on the 2-core box; the
+whole-server effect is measured by ``loadtest/cpu_split.py``). So an ingress replica on the same
 node as a shard sends its hot calls (:data:`WIRE_METHODS`) over the shard's
 socket; everything else, replicas on other nodes, and any call while the
 socket is not (yet, or no longer) there, go through Ray as before. Ray
