@@ -31,6 +31,14 @@ the configuration, then executes the real HAProxy. It changes three things:
   shed, and the wait is unbounded (issue 14's overload rows). The replica
   still sheds, to the fallback or a 503, a decide that waited too long in
   the queue (``X-Request-Start``). Other routes are not limited here.
+- **The queue holds one round.** While as many decides wait in the queue as
+  the replicas hold (``maxconn`` × replicas), a new one is not queued: it
+  is refused with the same ``503 overloaded``, held until
+  ``RTIM_EDGE_DECIDE_HOLD_MS`` (the default decide deadline) after it
+  arrived (HAProxy's ``tarpit``). Answering it at once would let a client
+  that asks again straight away (a closed loop, or a retry storm) turn every
+  refusal into another request: at 1,200 connections, tens of thousands of
+  refusals a second that starve the decisions of CPU.
 - **Own surfaces on loopback.** The stats page (no authentication) and the
   Prometheus exporter bind ``127.0.0.1`` instead of every interface.
 
@@ -137,9 +145,11 @@ def rewrite(config: str, directory: Path) -> str:
 
 def _decide_backend(config: str, directory: Path) -> str:
     """Route ``POST /v1/decide`` to a copy of the app's backend whose replicas take at
-    most ``RTIM_EDGE_DECIDE_MAXCONN`` decides each (0: off), queueing the rest."""
+    most ``RTIM_EDGE_DECIDE_MAXCONN`` decides each (0: off), queueing one round more
+    and refusing the rest (held, see the module docstring)."""
     maxconn = int(os.environ.get("RTIM_EDGE_DECIDE_MAXCONN", "0"))
-    queue_ms = int(float(os.environ.get("RTIM_EDGE_DECIDE_QUEUE_MS", "50")))
+    queue_ms = int(float(os.environ.get("RTIM_EDGE_DECIDE_QUEUE_MS", "25")))
+    hold_ms = int(float(os.environ.get("RTIM_EDGE_DECIDE_HOLD_MS", "50")))
     app = _APP_BACKEND.search(config)
     use = _USE_APP.search(config)
     if maxconn <= 0 or app is None or use is None or not _REPLICA.search(app.group(2)):
@@ -147,10 +157,13 @@ def _decide_backend(config: str, directory: Path) -> str:
     overloaded = directory / "rtim-503-overloaded.http"
     overloaded.write_bytes(error_file(503, _OVERLOADED))
     body = _REPLICA.sub(lambda m: f"{m.group(1)} maxconn {maxconn}", app.group(2))
+    one_round = maxconn * len(_REPLICA.findall(app.group(2)))
     indent = use.group(1)
     backend = (
         f"backend {DECIDE_BACKEND}\n{body.rstrip()}\n"
         f"{indent}timeout queue {queue_ms}ms\n"
+        f"{indent}timeout tarpit {max(hold_ms, 1)}ms\n"
+        f"{indent}http-request tarpit deny_status 503 if {{ queue({DECIDE_BACKEND}) ge {one_round} }}\n"
         f"{indent}errorfile 503 {overloaded}\n"
     )
     route = (

@@ -233,10 +233,10 @@ class Ingress:
         within the deadline (late, down, restarting or unable to write).
 
         The deadline counts from ``arrived`` (monotonic s; default now). A
-        request that cannot be answered in time is shed at once, without
-        waiting for the shard: its budget is gone on arrival, or the shard's
-        queue in this replica is longer than the budget (see
-        :meth:`DecideCoalescer.expected_wait_s`). ``shed_with_503``: answer
+        request that cannot be answered in time is shed without a shard call:
+        its budget is gone on arrival, or the shard's queue in this replica is
+        longer than the budget (see :meth:`DecideCoalescer.expected_wait_s`).
+        Its answer (fallback or 503) is given at the deadline, not sooner. ``shed_with_503``: answer
         such a request with ``Unavailable`` (503 + ``Retry-After``) instead
         of the fallback. ``identifiers``: what ``req.customer_id`` was resolved
         from; if a cached lookup named a profile erased since, they are
@@ -250,6 +250,12 @@ class Ingress:
             req = dataclasses.replace(req, customer_id=res.profile_id, via_cache=False)
             outcome = await self._decide_once(req, started)
         if not isinstance(outcome, DecisionRecord):
+            # Answered at the deadline, not before: a caller that asks again at once
+            # (a closed loop, a retry storm) would turn each quick fallback into
+            # another request, and the fallbacks would starve the decisions.
+            hold_s = started + self.deadline_s(req) - time.monotonic()
+            if hold_s > 0:
+                await asyncio.sleep(hold_s)
             if shed_with_503:
                 self.rejected += 1
                 raise Unavailable(

@@ -122,6 +122,8 @@ def _ray_env(settings: Settings, embedded: bool) -> dict[str, str]:
     # decided in), instead of in the replica's event loop (serving/haproxy_edge.py).
     env["RTIM_EDGE_DECIDE_MAXCONN"] = str(settings.edge_decide_maxconn)
     env["RTIM_EDGE_DECIDE_QUEUE_MS"] = str(max(1, int(settings.decide_deadline_ms / 2)))
+    # Beyond one round in the queue a decide is refused, answered at the deadline.
+    env["RTIM_EDGE_DECIDE_HOLD_MS"] = str(max(1, int(settings.decide_deadline_ms)))
     if embedded:
         # Ray starts workers at nice 15 (below its own daemons); the proxy,
         # replicas and shards ARE the server here, so run them at normal priority.

@@ -39,6 +39,33 @@ def replica_urls(expect: int = 0, timeout_s: float = 60.0) -> list[str]:
         time.sleep(0.5)
 
 
+def haproxy_stats(proxy: str, server: str) -> dict[str, str]:
+    """One row of the HAProxy stats (CSV) of the server this test process started."""
+    import csv
+    import io
+    import re
+    from pathlib import Path
+
+    import httpx
+    import psutil
+
+    configs = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if cmd and Path(cmd[0]).name == "haproxy" and "-f" in cmd:
+            configs.append(Path(cmd[cmd.index("-f") + 1]))
+    stats = re.search(r"listen stats\n\s*bind [\d.]+:(\d+)", configs[-1].read_text())
+    assert stats is not None, "no stats listener in HAProxy's configuration"
+    text = httpx.get(f"http://127.0.0.1:{stats.group(1)}/stats;csv", timeout=10.0).text
+    for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+        if row["pxname"] == proxy and row["svname"] == server:
+            return row
+    raise LookupError(f"no HAProxy stats row {proxy}/{server}")
+
+
 def _healthy(httpx, url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200

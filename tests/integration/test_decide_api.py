@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from tests_support import auth_headers, kill_shard, replica_urls
+from tests_support import auth_headers, haproxy_stats, kill_shard, replica_urls
 
 from actors.shard import NAMESPACE, shard_name
 from models.decisioning.catalog import load_catalog
 from models.partitioning import PartitionMap
 from models.settings import DEMO_DIR
+from serving.haproxy_edge import DECIDE_BACKEND
 
 # Offers tagged `sales` in the demo catalogue (a retention offer is not a sale).
 SALES = {"credit_card", "personal_loan", "savings_account", "mortgage_review", "premium_account"}
@@ -440,6 +441,12 @@ async def test_decides_beyond_each_replicas_limit_wait_in_haproxy_at_most_the_de
     assert len(refused) >= 100, len(refused)  # 2 replicas x 32 admitted, the rest queued out
     for r, took in refused:
         assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
-        # The queue's 25 ms (plus this client's own time for 200 connections on a
-        # loaded machine), not the 10 s the request allowed itself.
+        # The queue's 25 ms, or the hold of 50 ms for those refused at the door (plus
+        # this client's own time for 200 connections on a loaded machine), not the
+        # 10 s the request allowed itself.
         assert took < 5.0, took
+    # The queue held at most one round (64 = what the replicas hold); the rest were
+    # refused at the door, not queued (they would only have timed out there).
+    stats = haproxy_stats(DECIDE_BACKEND, "BACKEND")
+    assert int(stats["qmax"]) <= 64, stats["qmax"]
+    assert int(stats["dreq"]) > 0, stats  # HAProxy counts the refused at the door as denied

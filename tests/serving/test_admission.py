@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from models.decisioning.catalog import load_catalog
 from models.decisioning.request import DecideRequest
+from models.partitioning import PartitionMap
 from models.errors import Unavailable, ValidationError
 from models.settings import load_settings
 from serving.ingress import Ingress, arrival, sheds_with_503
@@ -57,3 +58,27 @@ def test_decide_whose_deadline_passed_in_the_queue_is_shed_without_a_shard_call(
         asyncio.run(ingress.decide(req, arrived=queued_since, shed_with_503=True))
     assert err.value.code == "deadline" and err.value.retry_after_s >= 1
     assert ingress.rejected == 1 and ingress.fallbacks == 1
+
+
+def test_shed_decide_is_answered_at_its_deadline_not_at_once() -> None:
+    # A decide the shard's queue could not answer in time is shed without a shard
+    # call, but answered at its deadline: a caller that asks again at once (a
+    # closed loop, a retry storm) must not turn each quick fallback into more load.
+    settings = load_settings(None)
+    ingress = Ingress(settings, metrics=False)  # no Ray: a shard call would fail loudly
+    ingress.catalog = load_catalog(settings.catalog)
+    ingress.region.map = PartitionMap.initial(settings.partitions, 2)
+    req = DecideRequest("c1", ("web",), "home_hero", deadline_ms=80)
+    shard = ingress.region.shard_of("c1")
+    ingress.coalescer._calls[shard] = 1  # a call in flight whose round trip is 1 s
+    ingress.coalescer._round_trips[shard].append(1.0)
+    for shed_with_503 in (False, True):
+        arrived = time.monotonic() - 0.02
+        try:
+            record = asyncio.run(ingress.decide(req, arrived=arrived, shed_with_503=shed_with_503))
+            assert record.fallback is True and not shed_with_503
+        except Unavailable as exc:
+            assert shed_with_503 and exc.code == "deadline"
+        answered_after = time.monotonic() - arrived
+        assert 0.075 <= answered_after < 0.5, answered_after
+    assert ingress.shed == 2 and ingress.fallbacks == 1 and ingress.rejected == 1
