@@ -163,7 +163,8 @@ def _decide_backend(config: str, directory: Path) -> str:
         f"backend {DECIDE_BACKEND}\n{body.rstrip()}\n"
         f"{indent}timeout queue {queue_ms}ms\n"
         f"{indent}timeout tarpit {max(hold_ms, 1)}ms\n"
-        f"{indent}http-request tarpit deny_status 503 if {{ queue({DECIDE_BACKEND}) ge {one_round} }}\n"
+        f"{indent}http-request tarpit deny_status 503 if "
+        f"{{ queue({DECIDE_BACKEND}) ge {one_round} }}\n"
         f"{indent}errorfile 503 {overloaded}\n"
     )
     route = (

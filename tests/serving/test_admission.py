@@ -10,8 +10,8 @@ from starlette.requests import Request
 
 from models.decisioning.catalog import load_catalog
 from models.decisioning.request import DecideRequest
-from models.partitioning import PartitionMap
 from models.errors import Unavailable, ValidationError
+from models.partitioning import PartitionMap
 from models.settings import load_settings
 from serving.ingress import Ingress, arrival, sheds_with_503
 
