@@ -33,6 +33,7 @@ from typing import Any
 
 import ray
 
+from actors import heap
 from actors.decide_wire import pack_answers, unpack_requests
 from actors.decisions import CatalogActivated, DecisionEngine, DecisionsMade, ModelActivated
 from actors.durable import DurableState
@@ -777,4 +778,10 @@ class ProfileShardImpl(HandoffEndpoints):
         }
 
 
-ProfileShard = ray.remote(ProfileShardImpl)
+@ray.remote
+class ProfileShard(ProfileShardImpl):
+    """The Ray actor: :class:`ProfileShardImpl`, its start-up heap frozen (``actors/heap.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        heap.settle()
