@@ -347,6 +347,7 @@ async def _shard_batch(store: ProfileStore, now: float, calls: int, repeats: int
             if len(answers) != BULK_BATCH or not all(a.decision_id for a in answers):
                 raise RuntimeError(f"shard_batch: unexpected answer {answers!r:.200}")
         out = await _cpu_per_item(call, payloads[warmup:], BULK_BATCH, repeats)
+        out["warmup_calls"] = warmup
         out["history_rows"] = shard.history.rows if shard.history is not None else 0
         if shard.timer is not None:
             shard.timer.cancel()
