@@ -24,6 +24,7 @@ or ``Failed``; a customer merged away is ``Moved``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -369,6 +370,7 @@ class ProfileShardImpl(HandoffEndpoints):
             "history_dropped": self.history.dropped if self.history is not None else 0,
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
+            "gc_frozen": gc.get_freeze_count(),  # the start-up heap (actors/heap.py)
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
