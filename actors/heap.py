@@ -8,7 +8,8 @@ onnxruntime, the catalogue, its modules) and promotes a steady stream of
 objects (the decision log's records, each call's in-flight batch), so it
 paid for visiting that static heap again and again: measured with
 ``loadtest.microbench`` (``shard_batch`` / ``shard_events``), full
-collections took about a third of a shard's CPU per decision and per event.
+collections took about a third of a shard's CPU per decision and per event
+(README, Performance).
 
 :func:`settle` does two things once start-up work is over (the actor calls
 it after recovery, not per call):
@@ -16,7 +17,10 @@ it after recovery, not per call):
 - it collects once and freezes what survived (Python's ``gc.freeze()``, as
   Instagram does before forking): frozen objects are never visited again and
   are still freed by reference counting when dropped, so only a reference
-  cycle among them would outlive its use, and nothing the shard keeps forms one;
+  cycle among them would outlive its use. What a shard replaces at run time
+  (the catalogue, the model, the recovered decision log's records) forms
+  none (``tests/actors/test_heap.py``); a leak would be bounded to the one
+  start-up copy anyway;
 - it raises the youngest generation's threshold from 700 to
   :data:`YOUNG_THRESHOLD` net allocations. A shard in steady state allocates
   and frees about as much as it keeps (a batch's objects die with the call;
