@@ -18,9 +18,9 @@ it after recovery, not per call):
   Instagram does before forking): frozen objects are never visited again and
   are still freed by reference counting when dropped, so only a reference
   cycle among them would outlive its use. What a shard replaces at run time
-  (the catalogue, the model, the recovered decision log's records) forms
-  none (``tests/actors/test_heap.py``); a leak would be bounded to the one
-  start-up copy anyway;
+  forms none: the catalogue and the model (``tests/actors/test_heap.py``),
+  the recovered decision log's records (plain data); a leak would be
+  bounded to the one start-up copy anyway;
 - it raises the youngest generation's threshold from 700 to
   :data:`YOUNG_THRESHOLD` net allocations. A shard in steady state allocates
   and frees about as much as it keeps (a batch's objects die with the call;
