@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from actors.durable import JournalRecord, journal_record
 from actors.history import InteractionHistory, row_context
 from actors.learning import Learning
@@ -44,8 +46,28 @@ log = logging.getLogger("rtim.decisions")
 @journal_record("dec")
 @dataclass(frozen=True, slots=True)
 class DecisionsMade(JournalRecord):
+    """Decisions made at ``now``: ``records`` is one msgpack blob of the records
+    (:func:`decisions_made`; journals written before it hold a list of their
+    :func:`~models.decisioning.record.to_builtins` forms, still replayed)."""
+
     now: float
-    records: list[dict]  # DecisionRecord journal forms
+    records: bytes | list[dict]
+
+    def decoded(self) -> list[DecisionRecord]:
+        if isinstance(self.records, bytes):
+            return _decode_records(self.records)
+        return [from_builtins(data) for data in self.records]
+
+
+_encode_records = msgspec.msgpack.Encoder().encode
+_decode_records = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
+
+
+def decisions_made(now: float, records: list[DecisionRecord]) -> DecisionsMade:
+    """The journal record of ``records``, packed in one C call (the explain trace is
+    never journalled)."""
+    kept = [r if r.trace is None else msgspec.structs.replace(r, trace=None) for r in records]
+    return DecisionsMade(now, _encode_records(kept))
 
 
 @journal_record("cat")
@@ -161,16 +183,20 @@ class DecisionEngine:
     # -- deciding ---------------------------------------------------------------------
 
     def decide(
-        self, items: list[tuple[Profile, DecideRequest]], now: float
+        self, items: list[tuple[Profile, DecideRequest]], now: float, packed: list[bytes]
     ) -> list[DecisionRecord]:
-        """One decision per item; impressions recorded on the given profiles."""
+        """One decision per item; impressions recorded on the given profiles.
+
+        ``packed``: each item's profile as the store held it before this call
+        (the history row's context; see :func:`~actors.history.row_context`).
+        """
         if not items:
             return []
         learner = self.learning.models if self.catalog.learning is not None else None
         history = self.history
         contexts = None
         if history is not None and self.settings.history_context:
-            contexts = [row_context(p, r) for p, r in items]  # before impressions
+            contexts = [row_context(b, r) for b, (_, r) in zip(packed, items)]
         records = decide_many(
             items, self.catalog, self.scorer, now, self.settings.session_gap_s, learner,
             self.arm_scorers,
@@ -201,8 +227,7 @@ class DecisionEngine:
     def replay(self, rec: DecisionsMade, profile_of: Any) -> list[Profile]:
         """Re-log journalled decisions; return the profiles whose impressions changed."""
         touched: dict[str, Profile] = {}
-        for data in rec.records:
-            record = from_builtins(data)
+        for record in rec.decoded():
             cid = record.customer_id
             profile = None
             if record.impressions:

@@ -22,7 +22,6 @@ every outcome later attributed to a decision is a line of its own
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
@@ -33,7 +32,6 @@ from typing import Any
 
 import msgspec
 
-from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord, outcome_row
 from models.decisioning.request import DecideRequest
 
@@ -49,10 +47,16 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-def row_context(profile: Profile, req: DecideRequest) -> dict[str, Any]:
-    """The ``context`` of a history row: the profile before the decision, and the request."""
+def row_context(packed_profile: bytes, req: DecideRequest) -> dict[str, Any]:
+    """The ``context`` of a history row: the profile before the decision, and the request.
+
+    ``packed_profile`` is the profile as the store held it (:meth:`Profile.pack`
+    form): the row's JSON encoder writes bytes as base64 (standard alphabet,
+    padded) in C, which is what the readers ``base64.b64decode``, so the
+    profile is neither packed again nor base64-encoded in Python.
+    """
     return {
-        "profile": base64.b64encode(profile.pack()).decode(),
+        "profile": packed_profile,
         "request": {"channels": list(req.channels), "context": req.context,
                     "limit": req.limit, "placement": req.placement},
     }  # fmt: skip

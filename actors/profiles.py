@@ -56,6 +56,9 @@ def pack_events(events: list[Event]) -> bytes:
     return msgpack.packb([list(ev) for ev in events], use_bin_type=True)
 
 
+_EMPTY_PACKED = Profile("").pack()  # a new profile's packed form (the id is not in it)
+
+
 class ProfileBook:
     """The profiles of one shard (packed in memory) and their counters."""
 
@@ -125,6 +128,13 @@ class ProfileBook:
 
     def get_or_new(self, customer_id: str) -> Profile:
         return self.store.get_or_new(customer_id)
+
+    def checkout(self, customer_id: str) -> tuple[Profile, bytes]:
+        """The profile (a new one if none is held) and the packed form it was read from."""
+        blob = self.store.blob(customer_id)
+        if blob is None:
+            return Profile(customer_id), _EMPTY_PACKED
+        return Profile.unpack(customer_id, blob), blob
 
     def view(self, customer_id: str) -> dict[str, Any] | None:
         """The API view of a profile, or None."""

@@ -24,6 +24,7 @@ or ``Failed``; a customer merged away is ``Moved``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -33,8 +34,15 @@ from typing import Any
 
 import ray
 
+from actors import heap
 from actors.decide_wire import pack_answers, unpack_requests
-from actors.decisions import CatalogActivated, DecisionEngine, DecisionsMade, ModelActivated
+from actors.decisions import (
+    CatalogActivated,
+    DecisionEngine,
+    DecisionsMade,
+    ModelActivated,
+    decisions_made,
+)
 from actors.durable import DurableState
 from actors.handoff import HandoffEndpoints, ProfileHandoff
 from actors.handover import (
@@ -56,7 +64,7 @@ from actors.reporting import FallbacksCounted, ReportBook
 from actors.wire import WIRE_METHODS, WireServer
 from models.customer.events import Event
 from models.customer.profile import Profile
-from models.decisioning.record import DecisionRecord, to_builtins
+from models.decisioning.record import DecisionRecord
 from models.decisioning.request import DecideRequest
 from models.decisioning.segments import MAX_PAGE, compile_segment, segment_page
 from models.errors import RtimError, Unavailable
@@ -362,6 +370,7 @@ class ProfileShardImpl(HandoffEndpoints):
             "history_dropped": self.history.dropped if self.history is not None else 0,
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
+            "gc_frozen": gc.get_freeze_count(),  # the start-up heap (actors/heap.py)
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -515,8 +524,9 @@ class ProfileShardImpl(HandoffEndpoints):
         now = time.time()
         answers: list[DecisionRecord | Moved | Expired | Erased] = []
         live: list[int] = []
-        profiles: dict[str, Profile] = {}
+        profiles: dict[str, tuple[Profile, bytes]] = {}  # the profile, as stored before
         items: list[tuple[Profile, DecideRequest]] = []
+        packed: list[bytes] = []
         keyed: dict[tuple[str, str], int] = {}  # a keyed request's first index in this call
         repeats: list[tuple[int, int]] = []  # (index, index of the same keyed request)
         for i, req in enumerate(requests):
@@ -539,11 +549,13 @@ class ProfileShardImpl(HandoffEndpoints):
                 live.append(i)
                 if key is not None:
                     keyed[key] = i
-                if cid not in profiles:
-                    profiles[cid] = self.profiles.get_or_new(cid)
-                items.append((profiles[cid], req))
+                held = profiles.get(cid)
+                if held is None:
+                    held = profiles[cid] = self.profiles.checkout(cid)
+                items.append((held[0], req))
+                packed.append(held[1])
         try:
-            records = self.engine.decide(items, now)
+            records = self.engine.decide(items, now, packed)
         except RtimError as exc:
             return Failed.of(exc)
         for i, record in zip(live, records):
@@ -553,8 +565,8 @@ class ProfileShardImpl(HandoffEndpoints):
         if records:
             self.metrics.decided(records, self.engine.catalog)
             for cid in {r.customer_id for r in records if r.impressions}:
-                self.profiles.store.put(profiles[cid])
-            self.durable.append(DecisionsMade(now, [to_builtins(r) for r in records]))
+                self.profiles.store.put(profiles[cid][0])
+            self.durable.append(decisions_made(now, records))
             self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
             failed = await self._record()
             if failed:
@@ -777,4 +789,10 @@ class ProfileShardImpl(HandoffEndpoints):
         }
 
 
-ProfileShard = ray.remote(ProfileShardImpl)
+@ray.remote
+class ProfileShard(ProfileShardImpl):
+    """The Ray actor: :class:`ProfileShardImpl`, its start-up heap frozen (``actors/heap.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        heap.settle()

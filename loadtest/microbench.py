@@ -20,6 +20,17 @@ times :func:`models.decisioning.arbitration.decide` call by call (median and p99
   ``POST /v1/decide`` makes it: decision log, impressions and the journal
   (``fsync=off``, in a temporary directory) included. Set against the server's
   shard CPU per decide, it shows what Ray's actor call adds.
+* ``shard_batch``: ``ProfileShardImpl.decide_packed`` with 100 requests per
+  call (what ``POST /v1/decide/batch`` sends a shard over the shard wire:
+  msgpack requests in, packed answers out), with the interaction history and
+  its profile context on, as the server runs by default;
+* ``shard_events``: ``ProfileShardImpl.apply_events`` with 100 msgpack-packed
+  events per call (the benchmark's event mix), journal on.
+
+The two bulk cases report CPU µs per decision / per event: the median over
+``repeats`` runs of ``calls`` calls each (journal ``fsync=off`` in a temporary
+directory, so they time the shard's own work, not the disk). Run them alone
+with ``python -m loadtest.microbench --shard-bulk``.
 
 Run alone with ``python -m loadtest.microbench``.
 """
@@ -253,8 +264,149 @@ async def _shard_method(
     return {**_stats(wall), "cpu_us_per_call": round(cpu_us, 1)}
 
 
+BULK_PROFILES = 2000  # customers the bulk cases pick from
+BULK_BATCH = 100  # decisions or events per shard call, as the benchmark sends them
+BULK_MATURITY = 20  # events of the benchmark's mix applied to each profile first
+
+
+def mature_store(n: int, now: float, events_each: int = BULK_MATURITY) -> ProfileStore:
+    """:func:`build_store` plus ``events_each`` events of the firehose mix per customer.
+
+    A server that has run a while holds profiles like these (full session
+    event and page lists, a cart, counters for most event types), about
+    1.4 KB packed; fresh preloads are a third of that and cheaper to unpack.
+    """
+    store = build_store(n, now)
+    factory = EventFactory("mature", 29)
+    ids = list(store.ids())
+    for _ in range(events_each):
+        batch = [parse_event(factory.random_event(cid), k, now) for k, cid in enumerate(ids)]
+        store.apply_events(batch, now)
+    return store
+
+
+def _bulk_shard(tmp: str, store: ProfileStore) -> Any:
+    """A one-shard ``ProfileShardImpl`` (no Ray) holding ``store``'s profiles."""
+    from actors import heap
+    from actors.shard import ProfileShardImpl  # the class only; Ray is not started
+
+    settings = Settings(data_dir=tmp, fsync="off", shards=1, partitions=8)
+    shard = ProfileShardImpl(0, settings.to_dict(), {"epoch": 1, "owners": [0] * 8, "shards": 1})
+    for cid, blob in store.items():
+        shard.profiles.store.put_blob(cid, blob)
+    heap.settle()  # what the actor does once it has started (actors/heap.py)
+    return shard
+
+
+async def _cpu_per_item(call: Any, payloads: list[Any], items: int, repeats: int) -> dict:
+    """CPU µs per item of ``await call(p)`` over ``payloads``, split into ``repeats`` runs."""
+    per_run = len(payloads) // repeats
+    runs: list[float] = []
+    wall: list[float] = []
+    for k in range(repeats):
+        chunk = payloads[k * per_run : (k + 1) * per_run]
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for p in chunk:
+            await call(p)
+        runs.append((time.process_time() - cpu0) / (len(chunk) * items) * 1e6)
+        wall.append((time.perf_counter() - t0) / (len(chunk) * items) * 1e6)
+    return {
+        "cpu_us_per_item": round(statistics.median(runs), 1),
+        "wall_us_per_item": round(statistics.median(wall), 1),
+        "runs_cpu_us": [round(r, 1) for r in runs],
+        "batch": items,
+        "calls_per_run": per_run,
+        "repeats": repeats,
+    }
+
+
+async def _shard_batch(store: ProfileStore, now: float, calls: int, repeats: int) -> dict:
+    """``decide_packed`` with ``BULK_BATCH`` requests per call (µs per decision)."""
+    from actors.decide_wire import pack_requests, unpack_answers
+
+    rng = random.Random(17)
+    ids = list(store.ids())
+    # Warm-up fills the decision log, as in a shard that has run a while: its
+    # records then get evicted as new ones come (the garbage collector's load).
+    warmup = Settings().decision_log_size // BULK_BATCH + 5
+    payloads = [
+        pack_requests([DecideRequest(rng.choice(ids), ("web",), "home_hero")
+                       for _ in range(BULK_BATCH)])
+        for _ in range(calls + warmup)
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = _bulk_shard(tmp, store)
+
+        async def call(blob: bytes) -> None:
+            answer = await shard.decide_packed(blob, None, 1)
+            if not isinstance(answer, bytes):
+                raise RuntimeError(f"shard_batch: refused: {answer!r:.200}")
+
+        for p in payloads[:warmup]:  # the answers are checked here, not while timed
+            answers = unpack_answers(await shard.decide_packed(p, None, 1))
+            if len(answers) != BULK_BATCH or not all(a.decision_id for a in answers):
+                raise RuntimeError(f"shard_batch: unexpected answer {answers!r:.200}")
+        out = await _cpu_per_item(call, payloads[warmup:], BULK_BATCH, repeats)
+        out["warmup_calls"] = warmup
+        out["history_rows"] = shard.history.rows if shard.history is not None else 0
+        if shard.timer is not None:
+            shard.timer.cancel()
+        shard.durable.close()
+        if shard.history is not None:
+            shard.history.close()
+    return out
+
+
+async def _shard_events(store: ProfileStore, calls: int, repeats: int) -> dict:
+    """``apply_events`` with ``BULK_BATCH`` packed events per call (µs per event)."""
+    from actors.profiles import pack_events
+    from models.customer.events import parse_event
+
+    rng = random.Random(19)
+    ids = list(store.ids())
+    factory = EventFactory("bulk", 23)
+    now = time.time()
+    payloads = [
+        pack_events([parse_event(factory.random_event(rng.choice(ids)), k, now)
+                     for k in range(BULK_BATCH)])
+        for _ in range(calls + 5)
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = _bulk_shard(tmp, store)
+
+        async def call(blob: bytes) -> None:
+            answer = await shard.apply_events(blob, None, 1)
+            if not isinstance(answer, dict) or answer["applied"] != BULK_BATCH:
+                raise RuntimeError(f"shard_events: unexpected answer {answer!r:.200}")
+
+        for p in payloads[:5]:
+            await call(p)
+        out = await _cpu_per_item(call, payloads[5:], BULK_BATCH, repeats)
+        if shard.timer is not None:
+            shard.timer.cancel()
+        shard.durable.close()
+    return out
+
+
+def run_shard_bulk(calls: int = 100, repeats: int = 5) -> dict[str, Any]:
+    """The ``shard_batch`` and ``shard_events`` cases (see the module docstring)."""
+    now = time.time()
+    store = mature_store(BULK_PROFILES, now)
+
+    async def both() -> dict[str, Any]:
+        return {
+            "shard_batch": await _shard_batch(store, now, calls, repeats),
+            "shard_events": await _shard_events(store, calls, repeats),
+        }
+
+    return {"profiles": BULK_PROFILES, **asyncio.run(both())}
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
+    if "--shard-bulk" in sys.argv:
+        print(json.dumps(run_shard_bulk(20 if quick else 100), indent=2))
+        return 0
     print(json.dumps(run(300 if quick else 3000, 5 if quick else 30), indent=2))
     return 0
 

@@ -190,7 +190,10 @@ class Profile:
 
     def is_duplicate(self, event_id: str, now: float) -> bool:
         """True when this event id was applied within the dedupe TTL."""
-        d = event_digest(event_id)
+        return self.seen_digest(event_digest(event_id), now)
+
+    def seen_digest(self, d: bytes, now: float) -> bool:
+        """:meth:`is_duplicate` for an id's :func:`event_digest` (computed once per event)."""
         fields = seen_fields(self.seen)
         digests = fields[1::2]
         if d not in digests:  # the common case, decided in C
@@ -199,6 +202,9 @@ class Profile:
         return any(dig == d and ts >= cutoff for ts, dig in zip(fields[0::2], digests))
 
     def remember(self, event_id: str, now: float) -> None:
+        self.remember_digest(event_digest(event_id), now)
+
+    def remember_digest(self, d: bytes, now: float) -> None:
         fields = seen_fields(self.seen)
         cutoff = now - SEEN_TTL_S
         kept = self.seen
@@ -208,9 +214,7 @@ class Profile:
                 for ts, dig in zip(fields[0::2], fields[1::2])
                 if ts >= cutoff
             )
-        self.seen = (kept + SEEN_STRUCT.pack(int(now), event_digest(event_id)))[
-            -SEEN_IDS * SEEN_STRUCT.size :
-        ]
+        self.seen = (kept + SEEN_STRUCT.pack(int(now), d))[-SEEN_IDS * SEEN_STRUCT.size :]
 
     def bump(self, key: str, ts: float, now: float) -> None:
         """Add one occurrence of ``key`` at ``ts`` to its rolling counter."""
@@ -250,9 +254,16 @@ class Profile:
 
     def apply(self, ev: Event, now: float, session_gap_s: float) -> bool:
         """Apply one event; return False when it is a duplicate (already applied)."""
-        if self.is_duplicate(ev.event_id, now):
+        d = event_digest(ev.event_id)
+        if self.seen_digest(d, now):
             return False
-        self.remember(ev.event_id, now)
+        self.apply_unseen(ev, d, now, session_gap_s)
+        return True
+
+    def apply_unseen(self, ev: Event, digest: bytes, now: float, session_gap_s: float) -> None:
+        """Apply an event whose id (``digest``: its :func:`event_digest`) the caller
+        found unseen with :meth:`seen_digest`."""
+        self.remember_digest(digest, now)
         ts = ev.ts
         if not self.first_seen or ts < self.first_seen:
             self.first_seen = ts
@@ -264,7 +275,6 @@ class Profile:
         handler = _HANDLERS.get(etype)
         if handler is not None:
             handler(self, ev, attrs, in_session)
-        return True
 
     def _apply_session(self, ev: Event, gap_s: float) -> bool:
         """Add the event to the current session; False for a late event of an old visit."""

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from models.customer.events import Event
-from models.customer.profile import Profile
+from models.customer.profile import Profile, event_digest
 
 
 class ProfileStore:
@@ -76,12 +76,13 @@ class ProfileStore:
             p = touched.get(ev.customer_id)
             if p is None:
                 p = touched[ev.customer_id] = self.get_or_new(ev.customer_id)
-            if p.is_duplicate(ev.event_id, now):
+            digest = event_digest(ev.event_id)
+            if p.seen_digest(digest, now):
                 duplicates += 1
                 continue
             if resolve is not None:
                 ev = resolve(ev)
-            p.apply(ev, now, gap)
+            p.apply_unseen(ev, digest, now, gap)
             applied += 1
         for p in touched.values():
             self.put(p)

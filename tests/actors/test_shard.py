@@ -6,9 +6,13 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
+
+from actors.decisions import DecisionsMade
 from actors.replies import ShardUnavailable, StaleEpoch
 from actors.shard import ProfileShardImpl
 from models.customer.events import Event
+from models.decisioning.record import DecisionRecord, to_builtins
 from models.decisioning.request import DecideRequest
 from models.partitioning import PartitionMap
 from models.settings import load_settings
@@ -90,3 +94,27 @@ async def test_one_keyed_request_twice_in_one_call_is_decided_once(tmp_path: Pat
     assert len(shard.engine.log) == 2
     again = await shard.decide([req], None, 1)  # and a later call answers the same
     assert again[0].decision_id == out[0].decision_id
+
+
+async def test_decisions_replay_from_both_journal_forms_without_the_explain_trace(
+    tmp_path: Path,
+) -> None:
+    shard = make(tmp_path)
+    (explained,) = await shard.decide([DecideRequest("a", ("web",), explain=True)], None, 1)
+    assert explained.trace and explained.offers
+    # A decision as journals written before the packed form hold it: a list of dicts.
+    legacy = msgspec.structs.replace(explained, decision_id=DecisionRecord.new_id(),
+                                     customer_id="b", trace=None)  # fmt: skip
+    shard.durable.append(DecisionsMade(legacy.ts, [to_builtins(legacy)]))
+    await shard.durable.commit()
+    shard.durable.close()
+
+    again = make(tmp_path)
+    assert again.durable.recovery["replayed_records"] == 2
+    logged = again.engine.log.get(explained.decision_id)
+    assert logged is not None and logged.trace is None
+    assert logged.offers == explained.offers and logged.candidates == explained.candidates
+    assert again.engine.log.get(legacy.decision_id) == legacy
+    for cid in ("a", "b"):  # the impressions replayed with either form
+        history = (await again.get_profile(cid, 1))["history"]
+        assert [h["offer_id"] for h in history] == [o.offer_id for o in explained.offers]

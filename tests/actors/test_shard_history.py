@@ -84,3 +84,26 @@ async def test_a_fallback_arriving_after_the_erasure_is_not_written(tmp_path: Pa
     assert await shard.record_fallbacks([late, kept]) == 1
     assert [r["customer_id"] for r in rows(shard)] == ["kept"]
     assert await shard.get_decision(late.decision_id) is None
+
+
+async def test_every_row_of_a_batch_carries_its_profile_as_stored_before_the_batch(
+    tmp_path: Path,
+) -> None:
+    shard = make(tmp_path)
+    ev = Event(uuid.uuid4().hex, "a", "profile_update", time.time(), None, {"age": 41}, None, None)
+    await shard.apply_events([ev], None, 1)
+    stored = shard.profiles.store.blob("a")
+    assert stored is not None
+    # "a" twice in one call (the second row still shows no impression), "new" unknown so far.
+    reqs = [DecideRequest(c, ("web",)) for c in ("a", "new", "a")]
+    records = await shard.decide(reqs, None, 1)
+    by_id = {r["decision_id"]: r for r in rows(shard)}
+    contexts = [by_id[r.decision_id]["context"]["profile"] for r in records]
+    # The string the rows held when the profile was packed again for each row.
+    assert contexts[0] == contexts[2] == base64.b64encode(stored).decode()
+    again = Profile.unpack("a", base64.b64decode(contexts[0]))
+    assert base64.b64encode(again.pack()).decode() == contexts[0]
+    assert again.attrs["age"] == 41 and again.history == []
+    assert shard.profiles.store.blob("a") != stored  # the impressions came after
+    fresh = Profile.unpack("new", base64.b64decode(contexts[1]))
+    assert fresh == Profile("new")
