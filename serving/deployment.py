@@ -2,7 +2,8 @@
 
 Serve builds the ASGI app after the constructor (``__serve_build_asgi_app__``),
 so each replica's app is made by :func:`serving.app.create_app` from its own
-settings, with no module-level state.
+settings, with no module-level state; then the replica's start-up heap is
+frozen (:mod:`actors.heap`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from ray import serve
 
+from actors import heap
 from models.settings import Settings, load_settings
 from serving.app import create_app
 from serving.ingress import Ingress
@@ -30,7 +32,11 @@ class IngressDeployment:
         self.ingress = Ingress(Settings.from_dict(settings))
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.ingress)
+        app = create_app(self.ingress)
+        # Start-up is over: freeze its heap so full collections stop walking it
+        # (actors/heap.py; measured 13 % of a replica's CPU per /noop request).
+        heap.settle()
+        return app
 
 
 def build_app(settings: Settings) -> Any:

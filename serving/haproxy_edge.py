@@ -39,6 +39,13 @@ the configuration, then executes the real HAProxy. It changes three things:
   that asks again straight away (a closed loop, or a retry storm) turn every
   refusal into another request: at 1,200 connections, tens of thousands of
   refusals a second that starve the decisions of CPU.
+- **No per-request log, threads no more than CPUs.** Serve's template logs
+  every request to a syslog socket that only Serve's HAProxy metrics read;
+  with those off (``RAY_SERVE_HAPROXY_METRICS_ENABLED=0``, the embedded
+  server's default) the line has no reader, so it is not written. Its
+  ``nbthread 4`` becomes at most the number of CPUs: on the 2-core box the
+  two changes took HAProxy from 38–39 to 25–28 µs of CPU per request at
+  1,200 connections.
 - **Own surfaces on loopback.** The stats page (no authentication) and the
   Prometheus exporter bind ``127.0.0.1`` instead of every interface.
 
@@ -75,6 +82,8 @@ _DEFAULTS = re.compile(r"^defaults\n(\s+)mode http\n", re.M)
 _API_FRONTEND = re.compile(r"^frontend http_frontend\n(\s+)bind \S+\n", re.M)
 _APP_BACKEND = re.compile(r"^backend (http-\S+)\n((?:[ \t]+.*\n?)*)", re.M)
 _USE_APP = re.compile(r"^(\s*)use_backend (http-\S+) if ", re.M)
+_HTTPLOG = re.compile(r"^(\s*)option httplog\s*$", re.M)
+_NBTHREAD = re.compile(r"^(\s*)nbthread (\d+)\s*$", re.M)
 _REPLICA = re.compile(r"^(\s*server SERVE_REPLICA\S* \S+.*?)\s*$", re.M)
 
 
@@ -140,6 +149,10 @@ def rewrite(config: str, directory: Path) -> str:
     )
     config = _STATS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
     config = _METRICS_BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{m.group(2)}", config)
+    if os.environ.get("RAY_SERVE_HAPROXY_METRICS_ENABLED") == "0":
+        config = _HTTPLOG.sub(lambda m: f"{m.group(1)}no log", config)
+    cpus = os.cpu_count() or 1
+    config = _NBTHREAD.sub(lambda m: f"{m.group(1)}nbthread {min(int(m.group(2)), cpus)}", config)
     return _decide_backend(config, directory)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -349,6 +350,7 @@ class Ingress:
         return {
             "decide_fallbacks": self.fallbacks,
             "decide_shed": self.shed,
+            "gc_frozen": gc.get_freeze_count(),  # the start-up heap (serving/deployment.py)
             "decide_rejected": self.rejected,
             "fallback_history_queued": len(self.fallback_rows),
             "fallback_history_dropped": self.fallback_rows_dropped,

@@ -371,6 +371,15 @@ async def test_catalogue_body_must_be_a_mapping_never_a_server_path(client) -> N
     assert (await client.get("/v1/catalog")).json()["version"] == before
 
 
+async def test_each_replica_froze_its_start_up_heap() -> None:
+    # Full collections would otherwise walk Ray's, FastAPI's and the app's heap
+    # again and again (actors/heap.py).
+    async with httpx.AsyncClient(headers=auth_headers(), timeout=30) as c:
+        for url in replica_urls(expect=2):
+            counters = (await c.get(f"{url}/v1/admin/ingress")).json()
+            assert counters["gc_frozen"] > 10_000, counters
+
+
 async def wire_calls(c: httpx.AsyncClient, url: str) -> int:
     return (await c.get(f"{url}/v1/admin/ingress")).json()["shard_calls"]["wire"]
 
