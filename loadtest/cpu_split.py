@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "var" / "bench" / "cpu_split.json"
 GROUPS = {
     "ray::ServeReplica": "ingress replicas",
-    "ray::ProfileShardImpl": "profile shards",
+    "ray::ProfileShard": "profile shards",
     "haproxy": "HAProxy",
 }
 

@@ -238,7 +238,7 @@ def _name(pid: int) -> str:
         return "?"
     first = argv[0].decode(errors="replace")
     if first.startswith("ray::"):
-        return first.split(".")[0]  # ray::ServeReplica:rtim:Ingress, ray::ProfileShardImpl
+        return first.split(".")[0]  # ray::ServeReplica:rtim:Ingress, ray::ProfileShard
     if len(argv) > 1 and "python" in Path(first).name:
         first = next((a.decode() for a in argv[1:] if a and not a.startswith(b"-")), first)
     return Path(first).name
