@@ -706,10 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     default_mode, default_fsync = server_defaults()
     mode = args.ingress_mode or default_mode
     fsync = args.fsync or default_fsync
+    # A preload alone (before a locust or wrk run) must not replace the last results.
+    default_name = "preload.json" if args.preload_only else "latest.json"
     out_path = (
         Path(args.out)
         if args.out
-        else BENCH_DIR / ("compare-ingress.json" if args.compare_ingress else "latest.json")
+        else BENCH_DIR / ("compare-ingress.json" if args.compare_ingress else default_name)
     )
     started = datetime.now(timezone.utc)
     results: dict[str, Any] = {
