@@ -44,6 +44,9 @@ _SEGMENT = re.compile(r"^journal-(\d{8})\.log$")
 _SNAPSHOT = re.compile(r"^snapshot-(\d{8})\.msgpack$")
 MAX_RECORD = 64 << 20
 FSYNC_POLICIES = ("always", "batch", "off")
+# A group commit (write + fsync) slower than this sends the next one to a thread;
+# one that is faster again, thread hand-off included, brings them back inline.
+SLOW_WRITE_S = 0.0005
 
 
 def encode_record(payload: Any) -> bytes:
@@ -99,6 +102,8 @@ class Journal:
         self._last_sync = 0.0
         self.bytes_written = 0
         self.commits = 0
+        # The last group commit took longer than SLOW_WRITE_S: the next one runs in a thread.
+        self.slow_disk = False
         # Called with each group commit's write (+ fsync) seconds, e.g. a metrics histogram.
         self.observe: Callable[[float], None] | None = None
 
@@ -212,13 +217,19 @@ class Journal:
                 self._future = None
                 self._inflight = fut
                 try:
-                    # Inline, not in a thread: one write + fsync of a group is
-                    # ~75 µs here, less than a thread hand-off costs in Python,
-                    # and the actor's queue keeps filling the next group meanwhile.
+                    # Inline while a write + fsync is quick (~75 µs on an idle disk,
+                    # less than a thread hand-off costs in Python); in a thread
+                    # while the disk is slow (1-6 ms on a busy one), so the actor
+                    # keeps deciding and filling the next group instead of waiting.
                     started = time.perf_counter()
-                    self._write(buf)
+                    if self.slow_disk:
+                        await asyncio.to_thread(self._write, buf)
+                    else:
+                        self._write(buf)
+                    took = time.perf_counter() - started
+                    self.slow_disk = took > SLOW_WRITE_S
                     if self.observe is not None:
-                        self.observe(time.perf_counter() - started)
+                        self.observe(took)
                 except OSError as exc:
                     self.failed = f"journal write failed: {exc.strerror or exc}"
                     err = Unavailable(self.failed, 5.0, code="storage_failed")

@@ -43,6 +43,52 @@ async def test_concurrent_commits_are_grouped(tmp_path: Path) -> None:
     assert sorted(r[2] for r in recs) == list(range(200))
 
 
+async def test_a_slow_disk_moves_commits_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 30 ms fsync (a busy disk) must not stop the actor's loop: after one slow
+    # commit the next ones are written in a thread, and a commit still returns
+    # only once its records are on disk.
+    import os
+    import time
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        "actors.journal.os.fsync", lambda fd: (time.sleep(0.03), real_fsync(fd))[1]
+    )
+    j = Journal(tmp_path)
+    j.recover()
+    await write(j, 1)  # inline: the loop stood still for the fsync
+    assert j.slow_disk
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        for _ in range(40):
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    for i in range(3):
+        await write(j, 1, start=10 + i)
+        assert (tmp_path / j.seg_path(j.segment).name).stat().st_size > 0
+    await tick
+    assert max(gaps) < 0.025, max(gaps)  # never blocked for a whole 30 ms fsync
+    j.close()
+    _, recs = Journal(tmp_path).recover()
+    assert [r[2] for r in recs] == [0, 10, 11, 12]
+
+
+async def test_a_quick_disk_writes_inline_again(tmp_path: Path) -> None:
+    j = Journal(tmp_path, fsync="off")
+    j.recover()
+    j.slow_disk = True  # as after a slow commit
+    await write(j, 3)
+    assert not j.slow_disk  # the write was quick, thread hand-off included
+
+
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
 async def test_torn_tail_is_skipped_and_logged(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
