@@ -53,9 +53,7 @@ async def test_a_slow_disk_moves_commits_off_the_event_loop(
     import time
 
     real_fsync = os.fsync
-    monkeypatch.setattr(
-        "actors.journal.os.fsync", lambda fd: (time.sleep(0.03), real_fsync(fd))[1]
-    )
+    monkeypatch.setattr("actors.journal.os.fsync", lambda fd: (time.sleep(0.03), real_fsync(fd))[1])
     j = Journal(tmp_path)
     j.recover()
     await write(j, 1)  # inline: the loop stood still for the fsync
