@@ -237,7 +237,8 @@ class Ingress:
         request that cannot be answered in time is shed without a shard call:
         its budget is gone on arrival, or the shard's queue in this replica is
         longer than the budget (see :meth:`DecideCoalescer.expected_wait_s`).
-        Its answer (fallback or 503) is given at the deadline, not sooner. ``shed_with_503``: answer
+        Its answer (fallback or 503) is given at the deadline, not sooner; one
+        for a shard that is down or restarting is given at once. ``shed_with_503``: answer
         such a request with ``Unavailable`` (503 + ``Retry-After``) instead
         of the fallback. ``identifiers``: what ``req.customer_id`` was resolved
         from; if a cached lookup named a profile erased since, they are
@@ -251,12 +252,6 @@ class Ingress:
             req = dataclasses.replace(req, customer_id=res.profile_id, via_cache=False)
             outcome = await self._decide_once(req, started)
         if not isinstance(outcome, DecisionRecord):
-            # Answered at the deadline, not before: a caller that asks again at once
-            # (a closed loop, a retry storm) would turn each quick fallback into
-            # another request, and the fallbacks would starve the decisions.
-            hold_s = started + self.deadline_s(req) - time.monotonic()
-            if hold_s > 0:
-                await asyncio.sleep(hold_s)
             if shed_with_503:
                 self.rejected += 1
                 raise Unavailable(
@@ -272,6 +267,12 @@ class Ingress:
         budget_s = self.deadline_s(req) - (time.monotonic() - started)
         if budget_s <= 0 or self.coalescer.expected_wait_s(req.customer_id) >= budget_s:
             self.shed += 1
+            if budget_s > 0:
+                # Shed for load: answered at the deadline, not before. A caller that
+                # asks again at once (a closed loop, a retry storm) would turn each
+                # quick fallback into another request, and the fallbacks would
+                # starve the decisions. (A shard that is down answers at once.)
+                await asyncio.sleep(budget_s)
             return Expired()
         try:
             outcome = await asyncio.wait_for(

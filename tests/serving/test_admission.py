@@ -82,3 +82,22 @@ def test_shed_decide_is_answered_at_its_deadline_not_at_once() -> None:
         answered_after = time.monotonic() - arrived
         assert 0.075 <= answered_after < 0.5, answered_after
     assert ingress.shed == 2 and ingress.fallbacks == 1 and ingress.rejected == 1
+
+
+def test_decide_for_a_shard_that_is_down_falls_back_at_once() -> None:
+    # Not load: nothing to hold back. The fallback answers without waiting out
+    # the caller's 5 s deadline.
+    settings = load_settings(None)
+    ingress = Ingress(settings, metrics=False)
+    ingress.catalog = load_catalog(settings.catalog)
+    ingress.region.map = PartitionMap.initial(settings.partitions, 2)
+
+    async def down(request: DecideRequest, deadline: float) -> None:
+        raise Unavailable("shard 0 does not answer", 1.0, code="shard_unavailable")
+
+    ingress.coalescer.decide = down  # type: ignore[method-assign]
+    req = DecideRequest("c1", ("web",), "home_hero", deadline_ms=5000)
+    started = time.monotonic()
+    record = asyncio.run(ingress.decide(req))
+    assert record.fallback is True and ingress.shed == 0
+    assert time.monotonic() - started < 1.0
