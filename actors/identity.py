@@ -22,6 +22,7 @@ caller's epoch, so it never misses links that are in transit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import msgpack
 import ray
 
+from actors import heap
 from actors.durable import DurableState, JournalRecord, journal_record
 from actors.handoff import HandoffEndpoints, PartitionHandoff
 from actors.ownership import Ownership
@@ -180,6 +182,7 @@ class IdentityShardImpl(HandoffEndpoints):
             "outbox": sorted(self.handoff.outbox),
             "degraded": self.durable.degraded,
             "pid": os.getpid(),
+            "gc_frozen": gc.get_freeze_count(),  # the start-up heap (actors/heap.py)
         }
 
     async def snapshot(self) -> dict[str, Any] | ShardUnavailable:
@@ -236,4 +239,10 @@ class IdentityShardImpl(HandoffEndpoints):
         return keys
 
 
-IdentityShard = ray.remote(IdentityShardImpl)
+@ray.remote
+class IdentityShard(IdentityShardImpl):
+    """The Ray actor: :class:`IdentityShardImpl`, its start-up heap frozen (``actors/heap.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        heap.settle()

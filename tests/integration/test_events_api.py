@@ -12,6 +12,7 @@ import pytest
 import ray
 from tests_support import auth_headers
 
+from actors.identity import identity_name
 from actors.shard import NAMESPACE, shard_name
 
 
@@ -145,6 +146,9 @@ async def test_shards_report_stats_and_run_on_uvloop(client: httpx.AsyncClient) 
         assert s["degraded"] is None and s["memory_bytes"] >= 0
         # The actor froze its start-up heap (actors/heap.py): Ray's and the imports' objects.
         assert s["gc_frozen"] > 10_000
+    for i in range(2):  # the identity shards too
+        ping = await ray.get_actor(identity_name(i), namespace=NAMESPACE).ping.remote()
+        assert ping["gc_frozen"] > 10_000, ping
 
 
 async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
