@@ -115,6 +115,7 @@ class ProfileShardImpl(HandoffEndpoints):
             s, catalog, model_version, self.learning, reports=self.reports, history=self.history
         )
         self.handover = Handover(self.settings.session_gap_s)
+        self._deliveries: dict[str, asyncio.Future] = {}  # absorbed id -> delivery in flight
         self.wire: WireServer | None = None  # started by the first wire_address()
         self.handoff = ProfileHandoff(self.ownership, self.profiles, self.engine, self.handover)
         self.durable = DurableState(
@@ -315,6 +316,15 @@ class ProfileShardImpl(HandoffEndpoints):
         )
 
     async def _deliver(self, absorbed: str) -> bool:
+        """Deliver a pending hand-over; callers at the same time share one delivery."""
+        running = self._deliveries.get(absorbed)
+        if running is None:
+            running = asyncio.ensure_future(self._deliver_once(absorbed))
+            self._deliveries[absorbed] = running
+            running.add_done_callback(lambda _: self._deliveries.pop(absorbed, None))
+        return await asyncio.shield(running)
+
+    async def _deliver_once(self, absorbed: str) -> bool:
         try:
             return await self.handover.deliver(absorbed, self.durable, self._send_merge)
         except Unavailable:
@@ -438,6 +448,7 @@ class ProfileShardImpl(HandoffEndpoints):
         moved = self.handover.moved
         forward = [[i, moved[ev.customer_id]] for i, ev in enumerate(batch)
                    if ev.customer_id in moved]  # fmt: skip
+        absorbed = {batch[i].customer_id for i, _ in forward}
         erased = [i for i, ev in enumerate(batch)
                   if cached and ev.customer_id in cached
                   and self._recently_erased(ev.customer_id)]  # fmt: skip
@@ -456,6 +467,11 @@ class ProfileShardImpl(HandoffEndpoints):
         failed = await self._record()
         if failed:
             return failed
+        # Events sent on to a survivor must find the absorbed profile merged there,
+        # seen event ids included, or a retried event would count twice: wait for
+        # a hand-over still being delivered (its intent is durable: committed above).
+        for cid in absorbed & self.handover.pending.keys():
+            await self._deliver(cid)
         return {"applied": applied, "duplicates": dups, "moved": forward, "erased": erased}
 
     def _attribute_counted(self, responses: dict) -> Callable[[Event], Event]:

@@ -83,8 +83,11 @@ async def test_a_quick_disk_writes_inline_again(tmp_path: Path) -> None:
     j = Journal(tmp_path, fsync="off")
     j.recover()
     j.slow_disk = True  # as after a slow commit
-    await write(j, 3)
-    assert not j.slow_disk  # the write was quick, thread hand-off included
+    for i in range(20):  # the first hand-off also starts the thread pool: allow a few
+        await write(j, 1, start=i)
+        if not j.slow_disk:
+            break
+    assert not j.slow_disk  # the writes were quick, thread hand-off included
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -118,3 +119,29 @@ async def test_decisions_replay_from_both_journal_forms_without_the_explain_trac
     for cid in ("a", "b"):  # the impressions replayed with either form
         history = (await again.get_profile(cid, 1))["history"]
         assert [h["offer_id"] for h in history] == [o.offer_id for o in explained.offers]
+
+
+async def test_a_retried_event_for_a_profile_being_merged_counts_once(tmp_path: Path) -> None:
+    # A page view applied to an anonymous profile is retried while that profile is
+    # being handed over to the account (identify). The retry is sent on to the
+    # account only once the hand-over is delivered, so the account's merged ring of
+    # seen ids recognises it: one page view, not two.
+    shard = make(tmp_path)
+    x = ev("anon-1")
+    assert (await shard.apply_events([x], None, 1))["applied"] == 1
+    send = shard._send_merge
+
+    async def slow_send(*args):
+        await asyncio.sleep(0.2)  # the survivor's shard is a slow actor call away
+        return await send(*args)
+
+    shard._send_merge = slow_send
+    moving = asyncio.create_task(shard.move_out("anon-1", "acct-1", 1))
+    await asyncio.sleep(0.05)  # the hand-over is decided, its delivery in flight
+    answer = await shard.apply_events([x], None, 1)
+    assert answer["moved"] == [[0, "acct-1"]]
+    # What the replica then does: send the event on to the survivor.
+    again = await shard.apply_events([x._replace(customer_id="acct-1")], None, 1)
+    assert again["duplicates"] == 1 and again["applied"] == 0
+    await moving
+    assert (await shard.get_profile("acct-1", 1))["counters"]["page_view"]["1h"] == 1
