@@ -2,9 +2,10 @@
 
 Starts ``rtim serve`` (``loadtest.launcher``; journal on, fsync ``always``),
 preloads ``--customers`` profiles with the real ``rtim import``, then runs the
-real ``rtim campaign run`` for a rule segment (every preloaded customer aged
-40 or more) on email and outbound_call, once per repeat under a new campaign
-id and output file. Prints decisions/s per repeat and the median.
+real ``rtim campaign run`` for a rule segment (the customers aged 40 or more
+of the repeat's own wave of never-contacted profiles) on email and
+outbound_call, once per repeat under a new campaign id and output file.
+Prints decisions/s per repeat (and the share that got an offer) and the median.
 
     .venv/bin/python -m loadtest.campaign_rate --customers 50000 --repeats 3
 
@@ -25,21 +26,31 @@ from pathlib import Path
 from loadtest.launcher import running_server
 
 
-def preload(url: str, work: Path, customers: int, env: dict[str, str]) -> int:
+def preload(url: str, work: Path, customers: int, env: dict[str, str], waves: int = 1) -> int:
+    """Import ``customers`` profiles per wave; return the segment's size per wave.
+
+    Each repeat runs on a wave of its own: customers no campaign has contacted
+    yet, so every decision goes through scoring and arbitration. (A second
+    campaign over the same customers meets the catalogue's contact caps, one
+    email a week, and answers "no message" for all of them at about twice the
+    rate: that measures the caps, not a campaign.)
+    """
     src = work / "profiles.csv"
     members = 0
     with src.open("w") as f:
-        f.write("customer_id,age,income\n")
-        for i in range(customers):
-            age = 20 + (i * 7) % 60
-            members += age >= 40
-            f.write(f"cr-{i},{age},{30_000 + (i * 37) % 90_000}\n")
+        f.write("customer_id,age,income,wave\n")
+        for w in range(waves):
+            for i in range(customers):
+                age = 20 + (i * 7) % 60
+                members += age >= 40
+                f.write(f"cr{w}-{i},{age},{30_000 + (i * 37) % 90_000},{w}\n")
     cmd = [sys.executable, "-m", "serving.cli", "import", str(src), "--url", url,
            "--set", "type=profile_update", "--attribute", "age:int", "--attribute", "income:int",
+           "--attribute", "wave:int",
            "--checkpoint", str(work / "ckpt.json"), "--rejects", str(work / "rejects.csv"),
            "--quiet"]  # fmt: skip
     subprocess.run(cmd, check=True, timeout=1800, env=env)
-    return members
+    return members // waves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--ingress-mode", choices=["haproxy", "proxy"], default="haproxy")
     args = p.parse_args(argv)
-    rule = json.dumps({"fact": "attr.age", "op": ">=", "value": 40})
-    rates = []
+    rates, offered = [], []
     with tempfile.TemporaryDirectory(prefix="rtim-campaign-rate-") as tmp:
         work = Path(tmp)
         with running_server(work / "server", ingress_mode=args.ingress_mode) as server:
             env = {**os.environ, "RTIM_API_KEY": server.api_key}
-            members = preload(server.url, work, args.customers, env)
+            members = preload(server.url, work, args.customers, env, args.repeats)
             for r in range(args.repeats):
                 out = work / f"campaign-{r}.csv"
+                wave = [{"fact": "attr.age", "op": ">=", "value": 40},
+                        {"fact": "attr.wave", "op": "==", "value": r}]  # fmt: skip
+                rule = json.dumps({"all": wave})
                 cmd = [sys.executable, "-m", "serving.cli", "campaign", "run", "--url",
                        server.url, "--segment", rule, "--channels", "email,outbound_call",
                        "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
@@ -71,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                 if summary["customers"] != members:
                     raise SystemExit(f"expected {members} customers, got {summary}")
                 rates.append(summary["decisions_per_s"])
+                offered.append(round(1.0 - summary["no_message_share"], 3))
                 print(f"repeat {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
-                      f"({summary['customers']:,} customers in {summary['seconds']} s)",
-                      flush=True)  # fmt: skip
+                      f"({summary['customers']:,} customers in {summary['seconds']} s, "
+                      f"{offered[-1]:.0%} sent an offer)", flush=True)  # fmt: skip
     print(json.dumps({"decisions_per_s_median": statistics.median(rates), "repeats": rates,
-                      "segment_size": members, "batch_size": args.batch_size,
+                      "offered_share": offered, "segment_size": members,
+                      "batch_size": args.batch_size,
                       "concurrency": args.concurrency}))  # fmt: skip
     return 0
 
