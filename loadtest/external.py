@@ -35,7 +35,8 @@ from loadtest.wrkload import run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_READY_S = 600.0
-_MEDIANS = ("rps", "decided_rps", "fallback_share", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+_MEDIANS = ("rps", "decided_rps", "fallback_share", "no_message_share", "p50_ms", "p90_ms",
+            "p99_ms", "max_ms",
             "server_cpu_us_per_request", "client_cpu_pct_of_core", "other_cpu_pct")  # fmt: skip
 _SUMS = ("requests", "decisions", "fallbacks", "rejected_503", "errors")
 
@@ -169,6 +170,8 @@ def _ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
 
 def _line(label: str, r: dict[str, Any]) -> str:
     fb = f"  fallbacks {r['fallback_share']:.2%}" if r.get("fallback_share") is not None else ""
+    if r.get("no_message_share") is not None:
+        fb += f"  no message {r['no_message_share']:.0%}"
     rej = f"  503s {r['rejected_503']}" if r["rejected_503"] else ""
     err = f"  ERRORS {r['errors']}" if r["errors"] else ""
     return (

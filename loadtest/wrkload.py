@@ -101,6 +101,11 @@ def summarise(raw: dict[str, Any], client_cpu_s: float = 0.0) -> dict[str, Any]:
         "decisions": ok - fallbacks,
         "fallbacks": fallbacks,
         "fallback_share": round(fallbacks / ok, 4) if ok else None,
+        # Real decisions that sent nothing (contact caps, no eligible offer): they
+        # skip scoring, so a run where most are capped is a cheaper run.
+        "no_message_share": round(int(raw.get("no_message", 0)) / (ok - fallbacks), 4)
+        if ok > fallbacks
+        else None,
         "rejected_503": rejected,
         "errors": socket_errors + other,
         "socket_errors": raw["socket_errors"],
