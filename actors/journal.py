@@ -104,6 +104,8 @@ class Journal:
         self.commits = 0
         # The last group commit took longer than SLOW_WRITE_S: the next one runs in a thread.
         self.slow_disk = False
+        self._in_thread = False  # a write (and fsync) is running in a thread
+        self._close_after_write = False  # close() came during it
         # Called with each group commit's write (+ fsync) seconds, e.g. a metrics histogram.
         self.observe: Callable[[float], None] | None = None
 
@@ -176,6 +178,10 @@ class Journal:
             fsync_dir(self.dir)
 
     def close(self) -> None:
+        if self._in_thread:  # a write is in a thread: close once it is done
+            self._close_after_write = True
+            return
+        self._close_after_write = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -223,9 +229,18 @@ class Journal:
                     # keeps deciding and filling the next group instead of waiting.
                     started = time.perf_counter()
                     if self.slow_disk:
-                        await asyncio.to_thread(self._write, buf)
+                        self._in_thread = True
+                        try:
+                            await asyncio.to_thread(self._write, buf)
+                        finally:
+                            self._in_thread = False
+                            if self._close_after_write:
+                                self.close()
                     else:
                         self._write(buf)
+                    # Counted here, on the loop (a snapshot resets bytes_written).
+                    self.bytes_written += len(buf)
+                    self.commits += 1
                     took = time.perf_counter() - started
                     self.slow_disk = took > SLOW_WRITE_S
                     if self.observe is not None:
@@ -260,8 +275,6 @@ class Journal:
         ):
             os.fsync(self._fd)
             self._last_sync = now
-        self.bytes_written += len(buf)
-        self.commits += 1
 
     # -- snapshots --------------------------------------------------------------
 

@@ -24,6 +24,7 @@ or ``Failed``; a customer merged away is ``Moved``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -469,9 +470,14 @@ class ProfileShardImpl(HandoffEndpoints):
             return failed
         # Events sent on to a survivor must find the absorbed profile merged there,
         # seen event ids included, or a retried event would count twice: wait for
-        # a hand-over still being delivered (its intent is durable: committed above).
-        for cid in absorbed & self.handover.pending.keys():
-            await self._deliver(cid)
+        # a hand-over still being delivered (its intent is durable: committed above),
+        # at most one step's time; a delivery that takes longer goes on regardless.
+        waiting = absorbed & self.handover.pending.keys()
+        if waiting:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(self._deliver(cid) for cid in waiting)), STEP_TIMEOUT_S
+                )
         return {"applied": applied, "duplicates": dups, "moved": forward, "erased": erased}
 
     def _attribute_counted(self, responses: dict) -> Callable[[Event], Event]:

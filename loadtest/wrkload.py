@@ -81,7 +81,10 @@ def run_wrk(
     if line is None:
         raise RuntimeError(f"wrk gave no result (exit {done.returncode}): {done.stderr[-500:]}")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return summarise(json.loads(line[len(MARK) :]), cpu_s)
+    result = summarise(json.loads(line[len(MARK) :]), cpu_s)
+    if path != "/v1/decide":
+        result["no_message_share"] = None  # only decide answers carry offers
+    return result
 
 
 def summarise(raw: dict[str, Any], client_cpu_s: float = 0.0) -> dict[str, Any]:

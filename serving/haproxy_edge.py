@@ -5,7 +5,7 @@ Ray Serve writes HAProxy's configuration from its own template and (re)starts
 HAProxy with ``haproxy -db -f <cfg> [-sf <pids>]`` on every change. The
 embedded server (``rtim serve`` without ``--address``) points
 ``RAY_SERVE_HAPROXY_BINARY_PATH`` at a small wrapper that runs this file on
-the configuration, then executes the real HAProxy. It changes three things:
+the configuration, then executes the real HAProxy. It changes these things:
 
 - **Start-up.** Until the app's route exists, Serve's template answers
   ``404 text/plain "Path '/' not found"``; while the route has no live replica,

@@ -237,10 +237,11 @@ class Ingress:
         request that cannot be answered in time is shed without a shard call:
         its budget is gone on arrival, or the shard's queue in this replica is
         longer than the budget (see :meth:`DecideCoalescer.expected_wait_s`).
-        Its answer (fallback or 503) is given at the deadline, not sooner; one
-        for a shard that is down or restarting is given at once. ``shed_with_503``: answer
-        such a request with ``Unavailable`` (503 + ``Retry-After``) instead
-        of the fallback. ``identifiers``: what ``req.customer_id`` was resolved
+        Its answer (fallback or 503) is given at the deadline, not sooner (a
+        hold no longer than that expected wait); one for a shard that is down
+        or restarting is given at once. ``shed_with_503``: answer such a
+        request with ``Unavailable`` (503 + ``Retry-After``) instead of the
+        fallback. ``identifiers``: what ``req.customer_id`` was resolved
         from; if a cached lookup named a profile erased since, they are
         resolved again.
         """

@@ -79,6 +79,26 @@ async def test_a_slow_disk_moves_commits_off_the_event_loop(
     assert [r[2] for r in recs] == [0, 10, 11, 12]
 
 
+async def test_close_during_a_threaded_write_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    real_fsync = os.fsync
+    monkeypatch.setattr("actors.journal.os.fsync", lambda fd: (time.sleep(0.03), real_fsync(fd))[1])
+    j = Journal(tmp_path)
+    j.recover()
+    j.slow_disk = True
+    pending = asyncio.create_task(write(j, 2))
+    await asyncio.sleep(0.01)  # the write is in its thread
+    j.close()  # must not pull the file out from under it
+    await pending  # acknowledged: on disk
+    assert j._fd is None and j.bytes_written > 0
+    _, recs = Journal(tmp_path).recover()
+    assert [r[2] for r in recs] == [0, 1]
+
+
 async def test_a_quick_disk_writes_inline_again(tmp_path: Path) -> None:
     j = Journal(tmp_path, fsync="off")
     j.recover()
