@@ -2,7 +2,8 @@
 
 A segment is a file of customer ids (one per line, or a CSV with a
 ``customer_id`` column) or a rule in the catalogue's rule language, evaluated
-in the shards (``POST /v1/segments/members``, paged per shard). Its customers
+in the shards (``POST /v1/segments/members``, paged per shard, the shards'
+pages taken in turn so every batch keeps every shard busy). Its customers
 go, ``batch_size`` at a time with ``concurrency`` requests in flight, through
 ``POST /v1/decide/batch`` — the shards' batch decide path, so contact caps,
 channel costs and impressions apply as for any decision. Each answer becomes
@@ -27,7 +28,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +44,11 @@ from serving.credentials import client_headers
 OUT_COLUMNS = ("campaign_id", "customer_id", "decision_id", "offer_id", "channel", "treatment",
                "propensity", "probability", "priority", "value", "experiment_arm")  # fmt: skip
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER_GONE = 0, 1, 2, 3
+_OFFER_FIELDS = OUT_COLUMNS[3:10]  # read from the answer's first offer
+_OFFER, _CHANNEL, _PROPENSITY, _VALUE = map(
+    OUT_COLUMNS.index, ("offer_id", "channel", "propensity", "value")
+)
+_NO_OFFER: dict[str, Any] = {}
 
 
 class CampaignError(Exception):
@@ -95,16 +101,18 @@ class CampaignSummary:
     def rate(self) -> float:
         return self.decided_this_run / self.seconds if self.seconds > 0 else 0.0
 
-    def add(self, row: dict[str, str], costs: dict[str, float]) -> None:
+    def add(self, row: Sequence[str], costs: dict[str, float]) -> None:
+        """Count one output row (in ``OUT_COLUMNS`` order)."""
         self.customers += 1
-        if not row["offer_id"]:
+        offer, channel = row[_OFFER], row[_CHANNEL]
+        if not offer:
             self.no_message += 1
             return
-        self.per_offer[row["offer_id"]] += 1
-        self.per_channel[row["channel"]] += 1
-        p = float(row["propensity"] or 0.0)
+        self.per_offer[offer] += 1
+        self.per_channel[channel] += 1
+        p = float(row[_PROPENSITY] or 0.0)
         self.expected_responses += p
-        self.expected_net_value += p * float(row["value"] or 0.0) - costs.get(row["channel"], 0.0)
+        self.expected_net_value += p * float(row[_VALUE] or 0.0) - costs.get(channel, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,27 +145,18 @@ def _ids_from_file(path: Path) -> Iterator[str]:
                 yield row[column].strip()
 
 
-def row_of(campaign_id: str, answer: dict[str, Any]) -> dict[str, str]:
+def row_of(campaign_id: str, answer: dict[str, Any]) -> tuple[str, ...]:
     """The output row for one decide answer (the first offer; empty offer = no message)."""
-    offers = answer.get("offers") or []
-    o = offers[0] if offers else {}
-
-    def text(v: Any) -> str:
-        return "" if v is None else str(v)
-
-    return {
-        "campaign_id": campaign_id,
-        "customer_id": answer["customer_id"],
-        "decision_id": answer["decision_id"],
-        "offer_id": text(o.get("offer_id")),
-        "channel": text(o.get("channel")),
-        "treatment": text(o.get("treatment")),
-        "propensity": text(o.get("propensity")),
-        "probability": text(o.get("probability")),
-        "priority": text(o.get("priority")),
-        "value": text(o.get("value")),
-        "experiment_arm": text(answer.get("experiment_arm") or o.get("experiment_arm")),
-    }
+    offers = answer.get("offers")
+    o = offers[0] if offers else _NO_OFFER
+    arm = answer.get("experiment_arm") or o.get("experiment_arm")
+    return (
+        campaign_id,
+        answer["customer_id"],
+        answer["decision_id"],
+        *["" if (v := o.get(k)) is None else str(v) for k in _OFFER_FIELDS],
+        "" if arm is None else str(arm),
+    )
 
 
 class CampaignRun:
@@ -200,16 +199,19 @@ class CampaignRun:
                     keep = f.read().rfind("\n") + 1
                     f.truncate(keep)
         with out.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames and tuple(reader.fieldnames) != OUT_COLUMNS:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is not None and tuple(header) != OUT_COLUMNS:
                 raise CampaignError(f"{out} is not a campaign output file (columns differ)")
             for row in reader:
-                if row["campaign_id"] != self.options.campaign_id:
+                if len(row) != len(OUT_COLUMNS):
+                    raise CampaignError(f"{out} line {reader.line_num}: not a campaign row")
+                if row[0] != self.options.campaign_id:
                     raise CampaignError(
-                        f"{out} holds campaign {row['campaign_id']!r}, not "
+                        f"{out} holds campaign {row[0]!r}, not "
                         f"{self.options.campaign_id!r}: choose another --out"
                     )
-                self.done.add(row["customer_id"])
+                self.done.add(row[1])
                 self.summary.add(row, {})  # costs are re-applied below, once known
 
     async def _segment(self, sender: RetryingClient) -> AsyncIterator[str]:
@@ -219,25 +221,52 @@ class CampaignRun:
                     await asyncio.sleep(0)
                 yield cid
             return
-        shard, shards, after = 0, 1, None
-        while shard < shards:
-            status, body = await sender.post(
-                "/v1/segments/members",
-                {
-                    "rule": self.rule,
-                    "shard": shard,
-                    "after": after,
-                    "limit": self.options.page_size,
-                },
-            )
-            if status != 200:
-                raise ImportAborted(f"the server refused the segment (HTTP {status}): {body}")
-            shards = body["shards"]
-            for cid in body["ids"]:
-                yield cid
-            after = body["next"]
-            if after is None:
-                shard += 1
+        first = await self._page(sender, 0, None)
+        shards = first["shards"]
+        rest = await asyncio.gather(*(self._page(sender, s, None) for s in range(1, shards)))
+        # One cursor per shard, taken in turn: a batch then holds customers of
+        # every shard and the replica decides for them on all shards at once
+        # (shard after shard would leave every shard but one idle). The next
+        # page of a shard is fetched while its current page is decided.
+        live: dict[int, tuple[Iterator[str], asyncio.Task | None]] = {
+            s: self._cursor(sender, s, body) for s, body in enumerate([first, *rest])
+        }
+        try:
+            while live:
+                for s in list(live):
+                    ids, ahead = live[s]
+                    cid = next(ids, None)
+                    while cid is None and ahead is not None:
+                        ids, ahead = live[s] = self._cursor(sender, s, await ahead)
+                        cid = next(ids, None)
+                    if cid is None:
+                        del live[s]
+                    else:
+                        yield cid
+        finally:
+            for _, ahead in live.values():
+                if ahead is not None and ahead.done() and not ahead.cancelled():
+                    ahead.exception()  # retrieved: the run already stops for its own reason
+                elif ahead is not None:
+                    ahead.cancel()
+
+    def _cursor(
+        self, sender: RetryingClient, shard: int, body: dict[str, Any]
+    ) -> tuple[Iterator[str], asyncio.Task | None]:
+        """The ids of one page, and the fetch of the shard's next page (None: last)."""
+        after = body["next"]
+        ahead = None if after is None else asyncio.create_task(self._page(sender, shard, after))
+        return iter(body["ids"]), ahead
+
+    async def _page(self, sender: RetryingClient, shard: int, after: Any) -> dict[str, Any]:
+        status, body = await sender.post(
+            "/v1/segments/members",
+            {"rule": self.rule, "shard": shard, "after": after, "limit": self.options.page_size},
+            msgpack_answer=True,
+        )
+        if status != 200:
+            raise ImportAborted(f"the server refused the segment (HTTP {status}): {body}")
+        return body
 
     async def _catalog(self, client: httpx.AsyncClient) -> None:
         """Channel costs (for expected net value) and a check of the channels; sends nothing."""
@@ -267,14 +296,15 @@ class CampaignRun:
                 # with the same decisions on resume, not decided twice.
                 "idempotency_key": f"campaign:{opts.campaign_id}",
             },
+            msgpack_answer=True,
         )
         if status != 200:
             message = body.get("error", {}).get("message") if isinstance(body, dict) else body
             raise ImportAborted(f"the server refused a batch (HTTP {status}): {message}")
         assert self._writer is not None and self._out is not None
-        for answer in body["decisions"]:
-            row = row_of(opts.campaign_id, answer)
-            self._writer.writerow(row)
+        rows = [row_of(opts.campaign_id, answer) for answer in body["decisions"]]
+        self._writer.writerows(rows)
+        for row in rows:
             self.summary.add(row, self.costs)
         self._out.flush()
         self.summary.decided_this_run += len(batch)
@@ -292,9 +322,9 @@ class CampaignRun:
             sender = RetryingClient(client, opts.retry_for_s, opts.quiet, "campaign")
             fresh = not opts.out.exists()
             self._out = opts.out.open("a", newline="", encoding="utf-8")
-            self._writer = csv.DictWriter(self._out, OUT_COLUMNS)
+            self._writer = csv.writer(self._out)
             if fresh:
-                self._writer.writeheader()
+                self._writer.writerow(OUT_COLUMNS)
             in_flight: set[asyncio.Task] = set()
             batch: list[str] = []
             budget = None if opts.limit is None else max(0, opts.limit - len(self.done))

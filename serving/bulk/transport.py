@@ -49,10 +49,15 @@ class RetryingClient:
         self.quiet = quiet
         self.job = job
 
-    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
-        """``(status, decoded body)`` of one POST, retrying server trouble with backoff."""
+    async def post(self, path: str, payload: Any, msgpack_answer: bool = False) -> tuple[int, Any]:
+        """``(status, decoded body)`` of one POST, retrying server trouble with backoff.
+
+        ``msgpack_answer`` asks for a msgpack answer: for large answers it is
+        cheaper than JSON to encode on the server and to decode here.
+        """
         body = msgpack.packb(payload, use_bin_type=True)
-        headers = {"content-type": "application/msgpack", "accept": "application/json"}
+        accept = "application/msgpack" if msgpack_answer else "application/json"
+        headers = {"content-type": "application/msgpack", "accept": accept}
         return await self._send(lambda: self.client.post(path, content=body, headers=headers))
 
     async def get(self, path: str, params: dict[str, Any]) -> tuple[int, Any]:
