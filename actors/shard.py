@@ -67,7 +67,12 @@ from models.customer.events import Event
 from models.customer.profile import Profile
 from models.decisioning.record import DecisionRecord
 from models.decisioning.request import DecideRequest
-from models.decisioning.segments import MAX_PAGE, compile_segment, segment_page
+from models.decisioning.segments import (
+    MAX_PAGE,
+    compile_segment,
+    reads_attributes_only,
+    segment_page,
+)
 from models.errors import RtimError, Unavailable
 from models.settings import Settings
 
@@ -400,8 +405,9 @@ class ProfileShardImpl(HandoffEndpoints):
         except RtimError as exc:
             return Failed.of(exc)
         ids, cursor = segment_page(
-            self.profiles.store, test, after, max(1, min(limit, MAX_PAGE)), time.time()
-        )
+            self.profiles.store, test, after, max(1, min(limit, MAX_PAGE)), time.time(),
+            reads_attributes_only(rule),
+        )  # fmt: skip
         page: dict[str, Any] = {"ids": ids, "next": cursor}
         if profiles:
             page["profiles"] = [self.profiles.view(cid) for cid in ids]

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from models.customer.events import MAX_ATTRIBUTES, MAX_STRING_VALUE, require_id
@@ -39,6 +39,9 @@ class DecideRequest:
     # Decide once per (customer, key): a repeat answers the logged decision again
     # (a campaign re-run after a crash counts no impression twice).
     idempotency_key: str | None = None
+
+
+_AFTER_CUSTOMER = tuple(f.name for f in fields(DecideRequest))[1:]
 
 
 # -- request parsing ------------------------------------------------------------------
@@ -86,7 +89,10 @@ def parse_decide_batch(
             "use customer_ids, not customer_id, with shared fields", "customer_id"
         )
     template = _parse_request({**shared, "customer_id": items[0]}, catalog, max_limit, "")
-    return [template] + [replace(template, customer_id=cid) for cid in items[1:]]
+    rest = tuple(getattr(template, name) for name in _AFTER_CUSTOMER)
+    # The constructor, not dataclasses.replace: that inspects the fields on
+    # every call, a third of the batch's parsing cost.
+    return [template] + [DecideRequest(cid, *rest) for cid in items[1:]]
 
 
 def _parse_request(

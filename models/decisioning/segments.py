@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from models.customer.profile import Profile
 from models.customer.store import ProfileStore
 from models.decisioning.rules import compile_condition
 from models.errors import CatalogError, ValidationError
@@ -57,13 +58,34 @@ def compile_segment(spec: Any) -> SegmentTest:
     return lambda profile, now: test(profile, {}, None, now)
 
 
+def reads_attributes_only(spec: Any) -> bool:
+    """True when every fact of the (valid) condition ``spec`` is an ``attr.*`` fact."""
+    if spec is None:
+        return True
+    if isinstance(spec, dict) and "fact" in spec:
+        return str(spec["fact"]).startswith("attr.")
+    if isinstance(spec, dict) and len(spec) == 1:
+        (body,) = spec.values()
+        parts = body if isinstance(body, list) else [body]
+        return all(reads_attributes_only(part) for part in parts)
+    return False
+
+
 def segment_page(
-    store: ProfileStore, test: SegmentTest, after: str | None, limit: int, now: float
+    store: ProfileStore,
+    test: SegmentTest,
+    after: str | None,
+    limit: int,
+    now: float,
+    attributes_only: bool = False,
 ) -> tuple[list[str], str | None]:
     """Up to ``limit`` member ids after ``after`` in id order, and the cursor for the next page.
 
     Each call sorts the store's ids (O(n log n)); that keeps pages stable while
     profiles come and go, at a cost that is small next to deciding for them.
+    ``attributes_only`` (the rule reads ``attr.*`` facts alone, see
+    :func:`reads_attributes_only`): test each profile's attributes without
+    unpacking the rest of it.
     """
     ids = sorted(store.ids())
     start = 0
@@ -71,9 +93,14 @@ def segment_page(
         start = bisect_right(ids, after)
     members: list[str] = []
     last = None
+    head = Profile.unpack_attrs
     for cid in ids[start:]:
         last = cid
-        profile = store.get(cid)
+        if attributes_only:
+            blob = store.blob(cid)
+            profile = None if blob is None else head(cid, blob)
+        else:
+            profile = store.get(cid)
         if profile is not None and test(profile, now):
             members.append(cid)
             if len(members) >= limit:
