@@ -5,7 +5,8 @@ preloads ``--customers`` profiles with the real ``rtim import``, then runs the
 real ``rtim campaign run`` for a rule segment (the customers aged 40 or more
 of the repeat's own wave of never-contacted profiles) on email and
 outbound_call, once per repeat under a new campaign id and output file.
-Prints decisions/s per repeat (and the share that got an offer) and the median.
+Prints decisions/s per repeat (with the share that got an offer, the server's
+CPU per decision and the other processes' share of the machine) and the median.
 
     .venv/bin/python -m loadtest.campaign_rate --customers 50000 --repeats 3
 
@@ -17,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from loadtest.launcher import running_server
+from loadtest.launcher import machine_busy_s, running_server, session_cpu
 
 
 def preload(url: str, work: Path, customers: int, env: dict[str, str], waves: int = 1) -> int:
@@ -53,6 +56,31 @@ def preload(url: str, work: Path, customers: int, env: dict[str, str], waves: in
     return members // waves
 
 
+class _CpuMeter:
+    """CPU of the server's processes, of our children (the campaign) and of the rest."""
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.t0 = time.monotonic()
+        self.server0 = sum(session_cpu(sid).values())
+        self.child0 = _children_cpu()
+        self.busy0 = machine_busy_s()
+
+    def split(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        server = sum(session_cpu(self.sid).values()) - self.server0
+        child = _children_cpu() - self.child0
+        other = max(0.0, machine_busy_s() - self.busy0 - server - child)
+        capacity = wall * (os.cpu_count() or 1)
+        pct = round(100.0 * other / capacity, 1) if capacity else 0.0
+        return {"server_s": server, "campaign_s": child, "other_cpu_pct": pct}
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--customers", type=int, default=50_000)
@@ -61,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--ingress-mode", choices=["haproxy", "proxy"], default="haproxy")
     args = p.parse_args(argv)
-    rates, offered = [], []
+    rates: list[float] = []
+    offered: list[float] = []
+    server_us: list[float] = []
+    others: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rtim-campaign-rate-") as tmp:
         work = Path(tmp)
         with running_server(work / "server", ingress_mode=args.ingress_mode) as server:
@@ -77,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                        "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
                        "--batch-size", str(args.batch_size),
                        "--concurrency", str(args.concurrency)]  # fmt: skip
+                cpu = _CpuMeter(server.sid)
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+                split = cpu.split()
                 if done.returncode != 0:
                     raise SystemExit(f"campaign failed:\n{done.stderr[-2000:]}")
                 summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -85,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"expected {members} customers, got {summary}")
                 rates.append(summary["decisions_per_s"])
                 offered.append(round(1.0 - summary["no_message_share"], 3))
+                server_us.append(round(split["server_s"] / members * 1e6, 1))
+                others.append(split["other_cpu_pct"])
                 print(f"repeat {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
                       f"({summary['customers']:,} customers in {summary['seconds']} s, "
-                      f"{offered[-1]:.0%} sent an offer)", flush=True)  # fmt: skip
+                      f"{offered[-1]:.0%} sent an offer; server CPU {server_us[-1]:.0f} µs "
+                      f"per decision; other processes {others[-1]:.0f}% of the machine)",
+                      flush=True)  # fmt: skip
     print(json.dumps({"decisions_per_s_median": statistics.median(rates), "repeats": rates,
                       "offered_share": offered, "segment_size": members,
+                      "server_cpu_us_per_decision": server_us, "other_cpu_pct": others,
                       "batch_size": args.batch_size,
                       "concurrency": args.concurrency}))  # fmt: skip
     return 0
