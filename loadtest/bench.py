@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
 PHASES = ("noop", "decide", "events", "batch_decide")
 FALLBACK_FLAG = b'"fallback":true'
+NO_MESSAGE = b'"offers":[]'  # a decide answer that sent nothing (JSON without spaces)
 PRELOAD_BATCH = 1000
 
 
@@ -75,6 +76,8 @@ class Plan:
     wrk_levels: tuple[int, ...] = (16, 64)
     overload_levels: tuple[int, ...] = (256, 1200)
     reference_profiles: int = 20_000
+    campaign_customers: int = 50_000  # per wave (a third are in the wave's segment)
+    campaign_waves: int = 3  # 0: no campaign rows
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -326,6 +329,7 @@ async def measure(
                     client=plan.client,
                     items_per_request=items,
                     flag=FALLBACK_FLAG if phase == "decide" else None,
+                    count=NO_MESSAGE if phase in ("decide", "batch_decide") else None,
                 )
                 summary = res.summary()
                 summary.update(CpuSnapshot.take(sid).since(before, res.ok + res.errors))
@@ -521,6 +525,8 @@ def bench_one_server(
                     log_dir=run_dir,
                     say=say,
                 )  # fmt: skip
+            if plan.campaign_waves > 0:
+                out["campaign"] = campaign_rows(srv, plan, run_dir)
             out["server"] = {
                 "url": srv.url,
                 "started_in_s": round(srv.started_in_s, 1),
@@ -532,6 +538,28 @@ def bench_one_server(
     finally:
         if not args.keep_data:
             _remove_data(run_dir / "data")
+            _remove_data(run_dir / "campaign")
+    return out
+
+
+def campaign_rows(srv: Any, plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """``rtim campaign run`` over waves of never-contacted customers (loadtest.campaign_rate).
+
+    The batch decide path with every decision a full one: ``batch_decide``
+    above re-decides for the same customers, whom the contact caps soon
+    answer with "no message" at a lower cost (its ``no_message_share``).
+    """
+    from loadtest.campaign_rate import run_waves
+
+    say(
+        f"-- campaign: {plan.campaign_waves} wave(s) of {plan.campaign_customers:,} fresh "
+        "customers, email and outbound_call (the batch decide path, each customer once)"
+    )
+    work = run_dir / "campaign"
+    work.mkdir(parents=True, exist_ok=True)
+    out = run_waves(srv.url, srv.sid, srv.api_key, work, plan.campaign_customers,
+                    plan.campaign_waves, say=say)  # fmt: skip
+    say(f"  median {out['decisions_per_s_median']:,.0f} decisions/s")
     return out
 
 
@@ -625,6 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=20_000,
         help="profiles the reference process holds (at most --profiles)",
     )
+    p.add_argument(
+        "--campaign-waves",
+        type=int,
+        help="campaign runs over fresh customers, one wave each (default 3; quick 1; 0: none)",
+    )
+    p.add_argument(
+        "--campaign-customers",
+        type=int,
+        help="customers imported per campaign wave (default 50000; quick 3000)",
+    )
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator")
     p.add_argument(
         "--client-cost",
@@ -682,6 +720,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
         wrk_levels=_levels(args.wrk_levels, (16,) if q else (16, 64)),
         overload_levels=_levels(args.overload_levels, (256,) if q else (256, 1200)),
         reference_profiles=args.reference_profiles,
+        campaign_customers=args.campaign_customers or (3000 if q else 50_000),
+        campaign_waves=(
+            args.campaign_waves
+            if args.campaign_waves is not None
+            else (1 if q else 3)
+            if "batch_decide" in phases
+            else 0
+        ),
     )
     if plan.profiles < 0 or min(plan.levels) < 1 or plan.repeats < 1:
         raise SystemExit("bench: profiles must be >= 0, levels >= 1, repeats >= 1")
@@ -818,6 +864,17 @@ def finish(results: dict[str, Any], plan: Plan, out_path: Path) -> int:
                 f"decide ÷ noop throughput: {r['ratio_decide_to_noop']} "
                 f"(by concurrency {r.get('ratio_by_concurrency')}); "
                 f"real decisions ÷ noop: {r.get('ratio_decided_to_noop')}"
+            )
+    for r in sets.values():
+        shares = {p: r[p].get("no_message_share") for p in ("decide", "batch_decide") if p in r}
+        if shares:
+            say(f"no-message share (caps fill as the same customers are decided again): {shares}")
+        if "campaign" in r:
+            c = r["campaign"]
+            say(
+                f"campaign over fresh customers (batch decide, each once): median "
+                f"{_num(c['decisions_per_s_median'])} decisions/s {c['repeats']}, offered "
+                f"{c['offered_share']}"
             )
     if "external" in results:
         from loadtest.external import format_external

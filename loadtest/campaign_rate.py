@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from loadtest.launcher import machine_busy_s, running_server, session_cpu
 
@@ -81,6 +83,55 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def run_waves(
+    url: str,
+    sid: int,
+    api_key: str,
+    work: Path,
+    customers: int,
+    repeats: int,
+    batch_size: int = 500,
+    concurrency: int = 4,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Preload ``repeats`` waves into a running server and campaign over each; the figures."""
+    rates: list[float] = []
+    offered: list[float] = []
+    server_us: list[float] = []
+    others: list[float] = []
+    env = {**os.environ, "RTIM_API_KEY": api_key}
+    members = preload(url, work, customers, env, repeats)
+    for r in range(repeats):
+        out = work / f"campaign-{r}.csv"
+        wave = [{"fact": "attr.age", "op": ">=", "value": 40},
+                {"fact": "attr.wave", "op": "==", "value": r}]  # fmt: skip
+        rule = json.dumps({"all": wave})
+        cmd = [sys.executable, "-m", "serving.cli", "campaign", "run", "--url", url,
+               "--segment", rule, "--channels", "email,outbound_call",
+               "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
+               "--batch-size", str(batch_size), "--concurrency", str(concurrency)]  # fmt: skip
+        cpu = _CpuMeter(sid)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+        split = cpu.split()
+        if done.returncode != 0:
+            raise RuntimeError(f"campaign failed:\n{done.stderr[-2000:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        if summary["customers"] != members:
+            raise RuntimeError(f"expected {members} customers, got {summary}")
+        rates.append(summary["decisions_per_s"])
+        offered.append(round(1.0 - summary["no_message_share"], 3))
+        server_us.append(round(split["server_s"] / members * 1e6, 1))
+        others.append(split["other_cpu_pct"])
+        say(f"  wave {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
+            f"({summary['customers']:,} customers in {summary['seconds']} s, "
+            f"{offered[-1]:.0%} sent an offer; server CPU {server_us[-1]:.0f} µs "
+            f"per decision; other processes {others[-1]:.0f}% of the machine)")  # fmt: skip
+    return {"decisions_per_s_median": statistics.median(rates), "repeats": rates,
+            "offered_share": offered, "segment_size": members,
+            "server_cpu_us_per_decision": server_us, "other_cpu_pct": others,
+            "batch_size": batch_size, "concurrency": concurrency}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--customers", type=int, default=50_000)
@@ -89,47 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--ingress-mode", choices=["haproxy", "proxy"], default="haproxy")
     args = p.parse_args(argv)
-    rates: list[float] = []
-    offered: list[float] = []
-    server_us: list[float] = []
-    others: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rtim-campaign-rate-") as tmp:
         work = Path(tmp)
         with running_server(work / "server", ingress_mode=args.ingress_mode) as server:
-            env = {**os.environ, "RTIM_API_KEY": server.api_key}
-            members = preload(server.url, work, args.customers, env, args.repeats)
-            for r in range(args.repeats):
-                out = work / f"campaign-{r}.csv"
-                wave = [{"fact": "attr.age", "op": ">=", "value": 40},
-                        {"fact": "attr.wave", "op": "==", "value": r}]  # fmt: skip
-                rule = json.dumps({"all": wave})
-                cmd = [sys.executable, "-m", "serving.cli", "campaign", "run", "--url",
-                       server.url, "--segment", rule, "--channels", "email,outbound_call",
-                       "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
-                       "--batch-size", str(args.batch_size),
-                       "--concurrency", str(args.concurrency)]  # fmt: skip
-                cpu = _CpuMeter(server.sid)
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-                split = cpu.split()
-                if done.returncode != 0:
-                    raise SystemExit(f"campaign failed:\n{done.stderr[-2000:]}")
-                summary = json.loads(done.stdout.strip().splitlines()[-1])
-                if summary["customers"] != members:
-                    raise SystemExit(f"expected {members} customers, got {summary}")
-                rates.append(summary["decisions_per_s"])
-                offered.append(round(1.0 - summary["no_message_share"], 3))
-                server_us.append(round(split["server_s"] / members * 1e6, 1))
-                others.append(split["other_cpu_pct"])
-                print(f"repeat {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
-                      f"({summary['customers']:,} customers in {summary['seconds']} s, "
-                      f"{offered[-1]:.0%} sent an offer; server CPU {server_us[-1]:.0f} µs "
-                      f"per decision; other processes {others[-1]:.0f}% of the machine)",
-                      flush=True)  # fmt: skip
-    print(json.dumps({"decisions_per_s_median": statistics.median(rates), "repeats": rates,
-                      "offered_share": offered, "segment_size": members,
-                      "server_cpu_us_per_decision": server_us, "other_cpu_pct": others,
-                      "batch_size": args.batch_size,
-                      "concurrency": args.concurrency}))  # fmt: skip
+            result = run_waves(
+                server.url, server.sid, server.api_key, work, args.customers, args.repeats,
+                args.batch_size, args.concurrency, lambda line: print(line, flush=True),
+            )  # fmt: skip
+    print(json.dumps(result))
     return 0
 
 

@@ -107,6 +107,7 @@ class PhaseResult:
     exceptions: Counter = field(default_factory=Counter)  # exception type -> count
     error_samples: list[str] = field(default_factory=list)
     flagged: int = 0  # 200s whose body held the phase's flag (e.g. a fallback answer)
+    counted: int = 0  # occurrences of the phase's ``count`` bytes in 200 bodies
     client_cpu_s: float = 0.0
 
     @property
@@ -139,6 +140,11 @@ class PhaseResult:
             "error_samples": self.error_samples,
             "flagged": self.flagged,
             "flagged_rate": round(self.flagged / self.ok, 4) if self.ok else 0.0,
+            "counted": self.counted,
+            # Per item answered: e.g. the share of decisions that sent no offer.
+            "counted_share": (
+                round(self.counted / (self.ok * self.items_per_request), 4) if self.ok else 0.0
+            ),
             "unflagged_rps": round((self.ok - self.flagged) / self.elapsed_s, 1)
             if self.elapsed_s > 0
             else 0.0,
@@ -161,10 +167,15 @@ async def run_phase(
     client: str = "raw",
     items_per_request: int = 1,
     flag: bytes | None = None,
+    count: bytes | None = None,
     max_requests: int = 5_000_000,
     timeout_s: float = 30.0,
 ) -> PhaseResult:
-    """Run ``concurrency`` closed-loop workers; measure after ``warmup_s``."""
+    """Run ``concurrency`` closed-loop workers; measure after ``warmup_s``.
+
+    ``flag``: count the 200s whose body holds it; ``count``: count how often
+    it occurs in 200 bodies (several answers per batch response).
+    """
     if concurrency < 1 or duration_s <= 0:
         raise ValueError("concurrency must be >= 1 and duration_s > 0")
     result = PhaseResult(name, concurrency, items_per_request)
@@ -207,6 +218,8 @@ async def run_phase(
                     lat.append(t1 - t0)
                     if flag is not None and flag in body:
                         result.flagged += 1
+                    if count is not None:
+                        result.counted += body.count(count)
                 else:
                     record_error(status, f"HTTP {status}: {body[:200].decode(errors='replace')}")
         finally:

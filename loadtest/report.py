@@ -21,6 +21,10 @@ REQUIRED_KEYS = (
     "ratio_decide_to_noop",
     "events.events_per_s",
     "batch_decide.decisions_per_s",
+    "batch_decide.no_message_share",
+    "decide.no_message_share",
+    "campaign.decisions_per_s_median",
+    "campaign.offered_share",
     "memory.bytes_per_profile",
     "profiles",
     "machine.cores",
@@ -48,6 +52,7 @@ _MEDIAN_KEYS = (
     "other_cpu_pct",
     "flagged_rate",
     "unflagged_rps",
+    "counted_share",
 )
 
 
@@ -121,6 +126,10 @@ def phase_block(phase: str, by_level: dict[int, dict[str, Any]], headline: int) 
         block["fallback_rate"] = head["flagged_rate"]
         block["fallback_share"] = head["flagged_rate"]  # the name the issue tracker uses
         block["decided_rps"] = head["unflagged_rps"]
+    if phase in ("decide", "batch_decide"):
+        # Contact caps answer "no message" more cheaply than a full decision:
+        # a run that re-decides for the same customers gets faster as they fill.
+        block["no_message_share"] = head.get("counted_share")
     block["by_concurrency"] = {str(level): v for level, v in sorted(by_level.items())}
     return block
 

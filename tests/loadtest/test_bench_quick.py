@@ -26,6 +26,7 @@ SCENARIOS = ("WebVisitor", "CallCenter", "OutboundCampaign", "EventFirehose")
 REQUIRED = (
     "noop.rps", "decide.rps", "decide.p50_ms", "decide.p99_ms", "ratio_decide_to_noop",
     "events.events_per_s", "batch_decide.decisions_per_s", "memory.bytes_per_profile",
+    "campaign.decisions_per_s_median",
     "profiles", "machine.cores", "machine.ray", "machine.python", "machine.ingress_mode",
     "machine.fsync", "decide.fallback_share",
 )  # fmt: skip
@@ -86,6 +87,11 @@ def test_quick_benchmark_reports_every_number_without_errors(tmp_path: Path) -> 
         block = data[phase]
         assert block["rps"] > 0 and block["errors"] == 0, (phase, block)
         assert 0 < block["p50_ms"] <= block["p99_ms"], (phase, block)
+    for phase in ("decide", "batch_decide"):  # contact caps make such answers cheaper
+        assert 0.0 <= data[phase]["no_message_share"] <= 1.0, data[phase]
+    camp = data["campaign"]  # one wave of fresh customers, each decided once, all offered
+    assert camp["decisions_per_s_median"] > 0 and camp["segment_size"] == 2000, camp
+    assert camp["offered_share"] == [1.0], camp
     assert data["events"]["events_per_s"] == pytest.approx(data["events"]["rps"] * 100, rel=0.01)
     assert 0 < data["ratio_decide_to_noop"] < 2
     assert data["memory"]["bytes_per_profile"] > 0
