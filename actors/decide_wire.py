@@ -39,14 +39,19 @@ def unpack_requests(blob: bytes) -> list[DecideRequest]:
     return _requests.decode(blob)
 
 
-def pack_answers(answers: Any) -> Any:
-    """A shard's decide answers as bytes; a refusal (not a list) unchanged."""
+def pack_answers(answers: Any, encoded: dict[int, bytes] | None = None) -> Any:
+    """A shard's decide answers as bytes; a refusal (not a list) unchanged.
+
+    ``encoded``: records already packed (for the journal), by ``id(record)``.
+    """
     if not isinstance(answers, list):
         return answers
     out: list[tuple[int, Any]] = []
+    known = encoded or {}
     for a in answers:
         if isinstance(a, DecisionRecord):
-            out.append((RECORD, msgspec.Raw(_encoder.encode(a))))
+            blob = known.get(id(a))
+            out.append((RECORD, msgspec.Raw(blob if blob is not None else _encoder.encode(a))))
         elif isinstance(a, Moved):
             out.append((MOVED, a.to))
         elif isinstance(a, Erased):

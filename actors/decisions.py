@@ -60,14 +60,26 @@ class DecisionsMade(JournalRecord):
 
 
 _encode_records = msgspec.msgpack.Encoder().encode
+_encode_record = _encode_records
 _decode_records = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
 
 
-def decisions_made(now: float, records: list[DecisionRecord]) -> DecisionsMade:
-    """The journal record of ``records``, packed in one C call (the explain trace is
-    never journalled)."""
-    kept = [r if r.trace is None else msgspec.structs.replace(r, trace=None) for r in records]
-    return DecisionsMade(now, _encode_records(kept))
+def decisions_made(
+    now: float, records: list[DecisionRecord], encoded: dict[int, bytes] | None = None
+) -> DecisionsMade:
+    """The journal record of ``records`` (the explain trace is never journalled).
+
+    Each record is packed once, in C; ``encoded`` (when given) receives the
+    bytes of each record without a trace, by ``id(record)``, for the decide
+    answer to reuse instead of packing the same record again.
+    """
+    blobs = []
+    for r in records:
+        blob = _encode_record(r if r.trace is None else msgspec.structs.replace(r, trace=None))
+        if encoded is not None and r.trace is None:
+            encoded[id(r)] = blob
+        blobs.append(msgspec.Raw(blob))
+    return DecisionsMade(now, _encode_records(blobs))
 
 
 @journal_record("cat")

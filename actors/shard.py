@@ -533,13 +533,19 @@ class ProfileShardImpl(HandoffEndpoints):
     # -- decisions ------------------------------------------------------------------------
 
     async def decide(
-        self, requests: list[DecideRequest], deadlines: list[float] | None, epoch: int
+        self,
+        requests: list[DecideRequest],
+        deadlines: list[float] | None,
+        epoch: int,
+        encoded: dict[int, bytes] | None = None,
     ) -> list[DecisionRecord | Moved | Expired | Erased] | Refused | Failed:
         """Decide for customers of this shard, with one model run for all of them.
 
         ``deadlines`` (epoch seconds, one per request): a request whose
         deadline has passed was already answered with the fallback by the
-        caller, so it gets ``Expired`` and nothing is recorded.
+        caller, so it gets ``Expired`` and nothing is recorded. ``encoded``:
+        see :func:`~actors.decisions.decisions_made` (the packed answer reuses
+        the journal's bytes).
         """
         refused = self._refuse(epoch, *(r.customer_id for r in requests))
         if refused:
@@ -594,7 +600,7 @@ class ProfileShardImpl(HandoffEndpoints):
             self.metrics.decided(records, self.engine.catalog)
             for cid in {r.customer_id for r in records if r.impressions}:
                 self.profiles.store.put(profiles[cid][0])
-            self.durable.append(decisions_made(now, records))
+            self.durable.append(decisions_made(now, records, encoded))
             self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
             failed = await self._record()
             if failed:
@@ -605,7 +611,9 @@ class ProfileShardImpl(HandoffEndpoints):
         self, requests: bytes, deadlines: list[float] | None, epoch: int
     ) -> bytes | Refused | Failed:
         """:meth:`decide` with msgpack requests and answers (:mod:`actors.decide_wire`)."""
-        return pack_answers(await self.decide(unpack_requests(requests), deadlines, epoch))
+        encoded: dict[int, bytes] = {}
+        answers = await self.decide(unpack_requests(requests), deadlines, epoch, encoded)
+        return pack_answers(answers, encoded)
 
     async def record_fallbacks(self, records: list[DecisionRecord]) -> int:
         """Fallback answers an ingress gave for customers of this shard (history rows).
