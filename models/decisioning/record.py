@@ -63,6 +63,11 @@ class ChosenOffer(msgspec.Struct, kw_only=True):
         return {k: getattr(self, k) for k in ANSWER_OFFER_KEYS}
 
 
+_CANDIDATE_KEYS = frozenset(
+    ("offer_id", "channel", "treatment", "propensity", "priority", "value", "cost")
+)
+
+
 class Outcome(msgspec.Struct):
     """A response attributed to a decision (``offer_id`` None: to "no message")."""
 
@@ -210,7 +215,11 @@ class DecisionRecord(msgspec.Struct, kw_only=True):
 
     def history_row(self, context: dict | None) -> dict[str, Any]:
         """The interaction-history row, without outcomes (they are rows of their own)."""
+        # Arbitration logs candidates with exactly the row's keys: those are
+        # written as they are (encoding does not change them); others (older
+        # journals) are rebuilt with every key.
         candidates = [
+            c if c.keys() == _CANDIDATE_KEYS else
             {"offer_id": c["offer_id"], "channel": c["channel"], "treatment": c["treatment"],
              "propensity": c["propensity"], "priority": c["priority"],
              "value": c.get("value"), "cost": c.get("cost")}
