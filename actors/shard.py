@@ -275,12 +275,16 @@ class ProfileShardImpl(HandoffEndpoints):
         self.metrics.model_update("learning_merge")
 
     async def _topo(self) -> dict[str, Any]:
-        """Peer and identity shard handles, from the coordinator (the one directory)."""
+        """Peer and identity shard handles, from the coordinator (the one directory).
+
+        Bounded like every step of a hand-over: a coordinator that does not
+        answer (restarting) fails the caller's step, which its timer retries.
+        """
         if not self._topology:
             from actors.coordinator import COORDINATOR_NAME
 
             coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-            self._topology = await coordinator.topology.remote()
+            self._topology = await asyncio.wait_for(coordinator.topology.remote(), STEP_TIMEOUT_S)
         return self._topology
 
     async def _peer(self, index: int) -> Any:
