@@ -118,10 +118,7 @@ class IdentityTable:
 
     def remove(self, keys: Iterable[str]) -> None:
         """Drop these links (handed off to another shard)."""
-        for key in keys:
-            owner = self._owner.pop(key, None)
-            if owner is not None:
-                self._pop(owner, key)
+        self.release(keys)
 
     def add(self, records: Iterable[Iterable]) -> None:
         """Take in links ``[key, profile id, first seen]`` as they are (taken over)."""
