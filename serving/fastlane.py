@@ -1,6 +1,6 @@
-"""The fast lane: ``POST /v1/decide`` and ``POST /v1/events`` as plain ASGI.
+"""The fast lane: ``POST /v1/decide``, ``/v1/decide/batch`` and ``/v1/events`` as plain ASGI.
 
-The two hottest routes skip FastAPI's routing, dependency injection and
+The hottest routes skip FastAPI's routing, dependency injection and
 exception middleware, which cost more per request than a decision does (see
 the README's Performance section). Everything a client can observe is the
 same as through the router: the same scope check (:class:`Gatekeeper`), the
@@ -24,7 +24,7 @@ from models.errors import RtimError
 from serving.auth import Gatekeeper
 from serving.errors import error_response, handle_unexpected
 from serving.ingress import Ingress, arrival
-from serving.routes.channel import decide_one, record_events
+from serving.routes.channel import decide_many, decide_one, record_events
 from serving.routes.common import API
 
 Handler = Callable[[Ingress, Request, float], Awaitable[Response]]
@@ -38,10 +38,15 @@ async def _events(ing: Ingress, request: Request, arrived: float) -> Response:
     return await record_events(ing, request)
 
 
+async def _batch(ing: Ingress, request: Request, arrived: float) -> Response:
+    return await decide_many(ing, request)
+
+
 # path -> (scope the key needs, handler); POST only.
 LANES: dict[str, tuple[str, Handler]] = {
     f"{API}/decide": ("decide", _decide),
     f"{API}/events": ("events:write", _events),
+    f"{API}/decide/batch": ("decide", _batch),
 }
 
 

@@ -109,7 +109,11 @@ async def decide_one(ing: Ingress, request: Request, arrived: float) -> Response
     ),
 )
 async def decide_batch(request: Request) -> Response:
-    ing = await ingress_of(request)
+    return await decide_many(await ingress_of(request), request)
+
+
+async def decide_many(ing: Ingress, request: Request) -> Response:
+    """``POST /v1/decide/batch`` after authentication (also the fast lane's path)."""
     s = ing.settings
     body = await read_body(request, s.max_body_bytes)
     reqs = await ing.validated(

@@ -88,6 +88,17 @@ async def test_channel_key_reaches_only_its_scopes(server: str, server_settings)
         assert (await c.get(f"/v1/profiles/{cid}")).status_code == 200
         err = assert_error(await c.delete(f"/v1/profiles/{cid}"), 403, "forbidden")
         assert "'profiles:erase'" in err["message"]
+        # The fast lane's routes check the scope like the router's (same error body).
+        for path, body in [
+            ("/v1/decide", {"customer_id": cid, "channel": "web"}),
+            ("/v1/decide/batch", {"customer_ids": [cid], "channel": "web"}),
+            ("/v1/events", {"events": [ev]}),
+        ]:
+            err = assert_error(await c.post(path, json=body), 403, "forbidden")
+            assert "'decide'" in err["message"] or "'events:write'" in err["message"], err
+    async with httpx.AsyncClient(base_url=server, timeout=30) as c:
+        err = assert_error(await c.post("/v1/decide/batch", json={"customer_ids": [cid]}), 401,
+                           "unauthenticated")  # fmt: skip
 
 
 async def test_revoked_key_stops_working_on_every_replica(server_settings) -> None:
