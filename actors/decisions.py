@@ -316,10 +316,12 @@ class DecisionEngine:
             self.log.add(record)
             self.learning.note(record)
 
-    def erase(self, customer_id: str) -> int:
+    def erase(self, customer_id: str, history: bool = True) -> int:
+        """Forget a customer's decisions; ``history``: also rewrite the history files
+        now (recovery; a serving shard erases them off its loop, see the shard)."""
         self.learning.latest.pop(customer_id, None)  # learned counts name no customer
         erased = self.log.erase(customer_id)
-        if self.history is not None:
+        if history and self.history is not None:
             erased += self.history.erase(customer_id)
         return erased
 

@@ -17,14 +17,17 @@ every outcome later attributed to a decision is a line of its own
   Should the machine crash before the OS wrote them, recovery derives the
   rows again from the journal's ``DecisionsMade`` and ``EventsApplied``
   records, skipping decision ids (and outcomes) the files already hold.
-- **Erasure** rewrites every file that names the customer without their rows.
+- **Erasure** rewrites every file that names the customer without their rows,
+  in a thread while the shard serves (:meth:`InteractionHistory.erase_async`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +46,7 @@ MAX_PAGE = 10_000
 # A row can reach a file later than its decision (a fallback held while its shard
 # was down, a row derived at recovery): time-filtered reads allow this much.
 LATE_ROW_S = 3600.0
+ERASE_INLINE_BYTES = 1 << 20  # an open file up to this size is erased on the event loop
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -78,6 +82,8 @@ class InteractionHistory:
         self.retention_s = retention_s  # 0: keep for ever
         self._buf: list[bytes] = []
         self._fh: Any = None
+        self._erase_lock: asyncio.Lock | None = None  # one erasure at a time (erase_async)
+        self._rewriting = threading.Lock()  # held while a thread rewrites a closed file
         self._path: Path | None = None
         self._opened_at = 0.0
         self._size = 0
@@ -204,6 +210,14 @@ class InteractionHistory:
         """Delete closed files whose newest row is past the retention; how many."""
         if self.retention_s <= 0:
             return 0
+        if not self._rewriting.acquire(blocking=False):
+            return 0  # an erasure is rewriting a file: next round
+        try:
+            return self._prune(now)
+        finally:
+            self._rewriting.release()
+
+    def _prune(self, now: float) -> int:
         gone = 0
         for p in self.files():
             if p == self._path:
@@ -291,33 +305,77 @@ class InteractionHistory:
     # -- erasure ----------------------------------------------------------------------
 
     def erase(self, customer_id: str) -> int:
-        """Rewrite every file without the customer's rows; how many rows went."""
+        """Rewrite every file without the customer's rows; how many rows went.
+
+        Blocking: for recovery, before the shard serves. A serving shard uses
+        :meth:`erase_async`.
+        """
         self.flush()
-        needle = _encode(customer_id)
-        removed = 0
-        for path in self.files():
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            if needle not in data:
-                continue
-            kept = []
-            for line in data.splitlines(keepends=True):
-                row = _parse(line)
-                if row is not None and row.get("customer_id") == customer_id:
-                    removed += 1
-                else:
-                    kept.append(line)
-            current = path == self._path
-            if current:
+        return sum(self._erase_file(p, _encode(customer_id), customer_id) for p in self.files())
+
+    async def erase_async(self, customer_id: str) -> int:
+        """:meth:`erase`, with the closed files read and rewritten in a thread.
+
+        The files are as large as the history is long (all of it when
+        ``history_retention_days`` is 0), so reading them on the shard's event
+        loop stopped every decision for the time of an erasure. The open file
+        is rewritten here when small (``ERASE_INLINE_BYTES``), else closed so
+        the thread takes it too (new rows go to a new file); the thread works
+        only on files nothing appends to, one erasure at a time, and
+        :meth:`prune` skips a round rather than delete a file being rewritten.
+        Rows written while it runs are newer than the erasure and stay.
+        """
+        if self._erase_lock is None:
+            self._erase_lock = asyncio.Lock()
+        async with self._erase_lock:
+            self.flush()
+            needle = _encode(customer_id)
+            removed = 0
+            if self._path is not None and self._size <= ERASE_INLINE_BYTES:
+                removed += self._erase_file(self._path, needle, customer_id)
+            else:
                 self._close()
-            tmp = path.with_name(path.name + ".tmp")
+            closed = [p for p in self.files() if p != self._path]
+            removed += await asyncio.to_thread(self._erase_files, closed, needle, customer_id)
+            return removed
+
+    def _erase_files(self, paths: list[Path], needle: bytes, customer_id: str) -> int:
+        removed = 0
+        for path in paths:
+            with self._rewriting:  # prune() leaves the file alone meanwhile
+                removed += self._erase_file(path, needle, customer_id)
+        return removed
+
+    def _erase_file(self, path: Path, needle: bytes, customer_id: str) -> int:
+        """Rewrite one file without the customer's rows; how many went."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return 0  # pruned meanwhile
+        if needle not in data:
+            return 0
+        kept = []
+        removed = 0
+        for line in data.splitlines(keepends=True):
+            row = _parse(line)
+            if row is not None and row.get("customer_id") == customer_id:
+                removed += 1
+            else:
+                kept.append(line)
+        if path == self._path:
+            self._close()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
             with tmp.open("wb") as fh:
                 fh.writelines(kept)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            log.error("history %s: erasure of %s not written: %s", path, customer_id, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return 0
         return removed
 
 

@@ -213,9 +213,14 @@ class ProfileShardImpl(HandoffEndpoints):
         if rec.decisions:
             self.engine.adopt(rec.decisions, rec.survivor)
 
-    def _erase(self, rec: ProfileErased) -> bool:
+    def _erase(self, rec: ProfileErased, history: bool = True) -> bool:
+        """Erase in memory (and, with ``history``, the history files: the replay's way)."""
         deleted = self.profiles.erase(rec)
-        return bool(self.engine.erase(rec.customer_id)) or deleted
+        return bool(self.engine.erase(rec.customer_id, history)) or deleted
+
+    async def _erase_history(self, customer_id: str) -> int:
+        """The customer's history rows, erased in a thread (the loop keeps serving)."""
+        return 0 if self.history is None else await self.history.erase_async(customer_id)
 
     # -- guards and timer -----------------------------------------------------------------
 
@@ -515,22 +520,38 @@ class ProfileShardImpl(HandoffEndpoints):
         if refused:
             return refused
         erased = ProfileErased(customer_id, time.time())
-        deleted = self._erase(erased)
+        deleted = self._erase(erased, history=False)
         unmove = MovesForgotten(customer_id)
         unmoved = self.handover.forget(unmove)
         if not (deleted or unmoved):
-            return False
+            # Nothing in memory; rows on disk may still name the customer (a
+            # partition that moved away, an evicted decision). Journalled before
+            # the files are read, like below, so that recovery erases them too
+            # and events for the id that arrive meanwhile replay after it.
+            failed = await self._record(erased)
+            if failed:
+                return failed
+            if not await self._erase_history(customer_id):
+                return False
+            self.durable.note_erasure()
+            return True
         self.durable.append(erased)
         if unmoved:
             self.durable.append(unmove)
+        gone = [customer_id]
         for a in unmoved:  # profiles merged into the erased one count as erased too
             if a != customer_id:
                 also = ProfileErased(a, erased.ts)
-                self._erase(also)
+                self._erase(also, history=False)
                 self.durable.append(also)
+                gone.append(a)
         failed = await self._record()
         if failed:
             return failed
+        # Journalled first: events for the same id that arrive meanwhile come
+        # after the erasure, in memory, in the journal and in the files.
+        for cid in gone:
+            await self._erase_history(cid)
         self.durable.note_erasure()
         return True
 
@@ -725,7 +746,7 @@ class ProfileShardImpl(HandoffEndpoints):
         rec = MovesForgotten(customer_id)
         absorbed = [a for a in self.handover.forget(rec) if a != customer_id]
         now = time.time()
-        if self.history is not None and self.history.erase(customer_id):
+        if await self._erase_history(customer_id):
             # Rows left here by a partition that moved away: the journal may still
             # hold their decisions, so journal the erasure for recovery to honour.
             self.durable.note_erasure()
@@ -734,8 +755,10 @@ class ProfileShardImpl(HandoffEndpoints):
             return 0
         erased = [ProfileErased(a, now) for a in absorbed]
         for e in erased:
-            self._erase(e)
+            self._erase(e, history=False)
         await self._record(rec, *erased)
+        for e in erased:
+            await self._erase_history(e.customer_id)
         return len(absorbed)
 
     # -- partition moves (actors/handoff.py) ---------------------------------------------
