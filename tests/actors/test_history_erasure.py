@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def slow_files(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[str]:
     return threads
 
 
+class Ticker:
+    """Counts 5 ms ticks of the running event loop (none while something blocks it)."""
+
+    def __init__(self, on_third: Callable[[], None] | None = None) -> None:
+        self.n = 0
+        self.on_third = on_third
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            self.n += 1
+            if self.n == 3 and self.on_third is not None:
+                self.on_third()
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
 async def test_the_loop_keeps_running_and_later_rows_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,23 +84,17 @@ async def test_the_loop_keeps_running_and_later_rows_stay(
         h.flush()
     assert len(h.files()) >= 3
     threads = slow_files(monkeypatch, 0.05)
-    ticks = 0
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-            if ticks == 3:  # a row written while the erasure runs is newer: it stays
-                h.add_decisions([record("gone", 3000.0)], None)
-                h.flush()
+    def write_during() -> None:  # a row written while the erasure runs is newer: it stays
+        h.add_decisions([record("gone", 3000.0)], None)
+        h.flush()
 
-    task = asyncio.create_task(ticker())
+    ticks = Ticker(on_third=write_during)
     removed = await h.erase_async("gone")
-    task.cancel()
+    ticks.stop()
     assert removed == 4
     assert set(threads) - {threading.main_thread().name}, "closed files are read in a thread"
-    assert ticks >= 5, ticks  # the event loop ran while the files were rewritten
+    assert ticks.n >= 5, ticks.n  # the event loop ran while the files were rewritten
     assert customers(h).count("gone") == 1  # the row written during the erasure
     assert sorted(c for c in customers(h) if c != "gone") == sorted(
         f"keep{i}" for i in range(12) if i % 3
@@ -122,21 +136,13 @@ async def test_an_event_arriving_mid_erasure_is_kept_and_survives_a_restart(
     await shard.apply_events([ev("x"), ev("x")], None, 1)
     await shard.decide([DecideRequest("x", ("web",)), DecideRequest("y", ("web",))], None, 1)
     slow_files(monkeypatch, 0.2)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
+    ticks = Ticker()
     erasing = asyncio.create_task(shard.delete_profile("x", 1))
     await asyncio.sleep(0.05)  # erased in memory and journalled; the files are being rewritten
     assert (await shard.apply_events([ev("x")], None, 1))["applied"] == 1
     assert await erasing is True
-    task.cancel()
-    assert ticks >= 20, ticks  # 0.2 s of slow disk did not stop the shard's loop
+    ticks.stop()
+    assert ticks.n >= 20, ticks.n  # 0.2 s of slow disk did not stop the shard's loop
     live = await shard.get_profile("x", 1)
     assert live is not None and live["counters"]["page_view"]["1h"] == 1
     shard.durable.close()
