@@ -596,9 +596,13 @@ class ProfileShardImpl(HandoffEndpoints):
                 self.profiles.store.put(profiles[cid][0])
             self.durable.append(decisions_made(now, records))
             self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
-            failed = await self._record()
-            if failed:
-                return failed
+        # Repeats of a keyed request commit too: the decision they answer with may
+        # still be in a group commit in flight (its first call is awaiting it), and
+        # this waits for that group, so nothing is acknowledged before it is durable.
+        # With nothing appended or in flight it returns at once.
+        failed = await self._record()
+        if failed:
+            return failed
         return answers
 
     async def decide_packed(
