@@ -28,6 +28,15 @@ stops reading it until one is answered, and a reply waits for the socket to
 take it (``drain``), so a client that sends without reading holds at most
 that many calls and their replies, not the shard's memory.
 
+Retries: the replica sends a call through Ray instead when the wire fails
+*before* the request was written (no socket, connect refused, link already
+closed: :class:`WireBroken`). Once it was written the shard may have run it;
+a connection that breaks then raises :class:`WireReplyLost`, and only calls in
+:data:`RETRY_SAFE` (``apply_events``: events are deduplicated by id) are sent
+again. A decide is not: without an idempotency key it would decide twice
+(two impressions), so its caller gets ``Unavailable`` and answers with the
+fallback, as for a shard that is down.
+
 Who may connect: the socket lives in a directory only our user can open
 (mode 0700), like Ray's own session directory; other users on the node
 cannot reach it.
@@ -48,6 +57,7 @@ from typing import Any
 import msgspec
 
 WIRE_METHODS = frozenset({"decide_packed", "apply_events"})  # hot, plain-data arguments
+RETRY_SAFE = frozenset({"apply_events"})  # may run twice: events are deduplicated by event id
 MAX_CALLS_PER_CONNECTION = 256  # calls in flight on one connection; then the shard stops reading
 BYTES, OBJECT, ERROR = range(3)
 MAX_FRAME = 256 << 20
@@ -58,7 +68,12 @@ _reply = msgspec.msgpack.Decoder(tuple[int, int, Any])
 
 
 class WireBroken(ConnectionError):
-    """The connection to a shard's socket failed or closed: use Ray, look the socket up again."""
+    """The connection to a shard's socket failed or closed before the call was sent:
+    use Ray, look the socket up again."""
+
+
+class WireReplyLost(WireBroken):
+    """The connection broke after the call was sent: the shard may have run it."""
 
 
 class WireCallFailed(RuntimeError):
@@ -219,13 +234,18 @@ class WireLink:
         if self.broken:
             raise WireBroken(f"{self.path}: closed")
         writer = self._writer or await self._connect()
+        if self.broken:  # closed while we waited to connect: nothing was sent
+            raise WireBroken(f"{self.path}: closed")
         self._next_id += 1
         call_id = self._next_id
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
             writer.write(_frame((call_id, method, list(args))))
-            kind, payload = await future
+            try:
+                kind, payload = await future
+            except WireBroken as exc:  # sent: the shard may have run it (see RETRY_SAFE)
+                raise WireReplyLost(f"{exc} (after the call was sent)") from None
         finally:
             self._pending.pop(call_id, None)
         self.calls += 1
@@ -264,7 +284,7 @@ class WireLink:
             self.close(error)
 
     def close(self, error: BaseException | None = None) -> None:
-        """Stop using the connection; calls still waiting fail with ``WireBroken``."""
+        """Stop using the connection; calls still waiting fail with ``WireReplyLost``."""
         self.broken = True
         if self._writer is not None:
             self._writer.close()
