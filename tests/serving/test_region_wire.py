@@ -119,17 +119,26 @@ def region_over(settings: Settings, shard: ProfileShardImpl, link_path: str) -> 
     return region
 
 
-async def test_a_decide_cut_off_after_it_was_sent_is_not_decided_again(
+@pytest.fixture
+async def cut(
     settings: Settings, shard: ProfileShardImpl
-) -> None:
+) -> AsyncIterator[tuple[CuttingProxy, ShardRegion]]:
+    """A region linked to ``shard`` through a proxy that cuts every call's answer."""
     proxy = CuttingProxy(await wire_of(shard))
     region = region_over(settings, shard, await proxy.start())
+    yield proxy, region
+    proxy.close()
+
+
+async def test_a_decide_cut_off_after_it_was_sent_is_not_decided_again(
+    cut: tuple[CuttingProxy, ShardRegion], shard: ProfileShardImpl
+) -> None:
+    proxy, region = cut
     cid = f"cut-{uuid.uuid4().hex[:8]}"
-    try:
-        with pytest.raises(Unavailable) as err:  # the ingress answers with the fallback
-            await region.decide_on(0, [DecideRequest(cid, ("web",))], None, 5.0)
-    finally:
-        proxy.close()
+
+    with pytest.raises(Unavailable) as err:  # the ingress answers with the fallback
+        await region.decide_on(0, [DecideRequest(cid, ("web",))], None, 5.0)
+
     assert err.value.code == "shard_unavailable"
     assert proxy.cuts == 1
     assert region.shards[0].calls == []  # not sent again through Ray
@@ -137,19 +146,17 @@ async def test_a_decide_cut_off_after_it_was_sent_is_not_decided_again(
 
 
 async def test_events_cut_off_after_they_were_sent_are_sent_again_and_counted_once(
-    settings: Settings, shard: ProfileShardImpl
+    cut: tuple[CuttingProxy, ShardRegion], shard: ProfileShardImpl
 ) -> None:
-    proxy = CuttingProxy(await wire_of(shard))
-    region = region_over(settings, shard, await proxy.start())
+    proxy, region = cut
     cid = f"cut-{uuid.uuid4().hex[:8]}"
     events = [
         Event(uuid.uuid4().hex, cid, "page_view", time.time(), None, {}, None, None)
         for _ in range(3)
     ]
-    try:
-        applied, duplicates, _ = await region.apply_events(events)
-    finally:
-        proxy.close()
+
+    applied, duplicates, _ = await region.apply_events(events)
+
     assert proxy.cuts == 1
     assert region.shards[0].calls == ["apply_events"]  # sent again, through Ray
     assert (applied, duplicates) == (0, 3)  # the first sending had applied them
