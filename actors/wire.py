@@ -208,9 +208,11 @@ class WireServer:
                 reply = _frame((call_id, ERROR, f"{type(exc).__name__}: {exc}"))
             if not writer.is_closing():
                 writer.write(reply)
-                # A client that does not read keeps this call (and its slot) here.
-                with contextlib.suppress(OSError):  # the client went: nobody to answer
-                    await writer.drain()
+                # A client that does not read keeps this call (and its slot) here;
+                # with nothing left in the buffer (the usual case) drain() is not needed.
+                if writer.transport.get_write_buffer_size():
+                    with contextlib.suppress(OSError):  # the client went: nobody to answer
+                        await writer.drain()
         finally:
             self.in_flight -= 1
             slots.release()
