@@ -16,7 +16,8 @@ component:
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
 also what gives read-your-writes. A call returns only after the journal's
-group commit made its changes durable. Answers are typed
+group commit made its changes durable (a keyed decide answered from the
+decision log, after the commit that holds that decision). Answers are typed
 (:mod:`actors.replies`): a refused call is ``StaleEpoch``, ``ShardUnavailable``
 or ``Failed``; a customer merged away is ``Moved``.
 """
