@@ -16,7 +16,8 @@ component:
 It is an async actor whose methods do their in-memory work without awaiting
 in between, so calls never interleave mid-update and need no locks; that is
 also what gives read-your-writes. A call returns only after the journal's
-group commit made its changes durable. Answers are typed
+group commit made its changes durable (a keyed decide answered from the
+decision log, after the commit that holds that decision). Answers are typed
 (:mod:`actors.replies`): a refused call is ``StaleEpoch``, ``ShardUnavailable``
 or ``Failed``; a customer merged away is ``Moved``.
 """
@@ -627,9 +628,13 @@ class ProfileShardImpl(HandoffEndpoints):
                 self.profiles.store.put(profiles[cid][0])
             self.durable.append(decisions_made(now, records, encoded))
             self.engine.flush_history()  # to the OS before the answer: kill -9 loses no row
-            failed = await self._record()
-            if failed:
-                return failed
+        # Repeats of a keyed request commit too: the decision they answer with may
+        # still be in a group commit in flight (its first call is awaiting it), and
+        # this waits for that group, so nothing is acknowledged before it is durable.
+        # With nothing appended or in flight it returns at once.
+        failed = await self._record()
+        if failed:
+            return failed
         return answers
 
     async def decide_packed(

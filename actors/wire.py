@@ -22,6 +22,21 @@ the client trusts its shard) or ``ERROR`` (the exception's text). Calls
 are multiplexed on one connection per replica and shard, answered in any
 order.
 
+Bounds: a connection has at most ``max_calls`` (default
+:data:`MAX_CALLS_PER_CONNECTION`) calls in flight; at the bound the shard
+stops reading it until one is answered, and a reply waits for the socket to
+take it (``drain``), so a client that sends without reading holds at most
+that many calls and their replies, not the shard's memory.
+
+Retries: the replica sends a call through Ray instead when the wire fails
+*before* the request was written (no socket, connect refused, link already
+closed: :class:`WireBroken`). Once it was written the shard may have run it;
+a connection that breaks then raises :class:`WireReplyLost`, and only calls in
+:data:`RETRY_SAFE` (``apply_events``: events are deduplicated by id) are sent
+again. A decide is not: without an idempotency key it would decide twice
+(two impressions), so its caller gets ``Unavailable`` and answers with the
+fallback, as for a shard that is down.
+
 Who may connect: the socket lives in a directory only our user can open
 (mode 0700), like Ray's own session directory; other users on the node
 cannot reach it.
@@ -42,6 +57,8 @@ from typing import Any
 import msgspec
 
 WIRE_METHODS = frozenset({"decide_packed", "apply_events"})  # hot, plain-data arguments
+RETRY_SAFE = frozenset({"apply_events"})  # may run twice: events are deduplicated by event id
+MAX_CALLS_PER_CONNECTION = 256  # calls in flight on one connection; then the shard stops reading
 BYTES, OBJECT, ERROR = range(3)
 MAX_FRAME = 256 << 20
 _HEADER = struct.Struct("<I")
@@ -51,7 +68,12 @@ _reply = msgspec.msgpack.Decoder(tuple[int, int, Any])
 
 
 class WireBroken(ConnectionError):
-    """The connection to a shard's socket failed or closed: use Ray, look the socket up again."""
+    """The connection to a shard's socket failed or closed before the call was sent:
+    use Ray, look the socket up again."""
+
+
+class WireReplyLost(WireBroken):
+    """The connection broke after the call was sent: the shard may have run it."""
 
 
 class WireCallFailed(RuntimeError):
@@ -98,27 +120,41 @@ def _alive(pid: int) -> bool:
 
 
 class WireServer:
-    """A shard's socket: serves ``methods`` on the running event loop."""
+    """A shard's socket: serves ``methods`` on the running event loop.
 
-    def __init__(self, name: str, methods: dict[str, Callable[..., Awaitable[Any]]]) -> None:
+    ``max_calls``: calls in flight per connection (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        methods: dict[str, Callable[..., Awaitable[Any]]],
+        max_calls: int = MAX_CALLS_PER_CONNECTION,
+    ) -> None:
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be at least 1, not {max_calls}")
         self.name = name
         self.methods = methods
+        self.max_calls = max_calls
         self.path: str | None = None
-        self.calls = 0
+        self.calls = 0  # calls started
+        self.in_flight = 0  # calls started and not yet answered (or abandoned), all connections
         self._server: asyncio.AbstractServer | None = None
+        self._starting = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> str:
-        """Listen (once); the socket's path."""
-        if self._server is None:
-            directory = socket_dir()
-            _remove_stale(directory, self.name)
-            path = directory / f"{self.name}-{os.getpid()}.sock"
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._server = await asyncio.start_unix_server(self._serve, str(path))
-            os.chmod(path, 0o600)
-            self.path = str(path)
+        """Listen (once, however many callers ask at the same time); the socket's path."""
+        async with self._starting:  # the check and the start are split by an await
+            if self._server is None:
+                directory = socket_dir()
+                _remove_stale(directory, self.name)
+                path = directory / f"{self.name}-{os.getpid()}.sock"
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._server = await asyncio.start_unix_server(self._serve, str(path))
+                os.chmod(path, 0o600)
+                self.path = str(path)
         assert self.path is not None
         return self.path
 
@@ -131,11 +167,13 @@ class WireServer:
                     os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        slots = asyncio.Semaphore(self.max_calls)
         try:
             while True:
+                await slots.acquire()  # at the bound: read no more until a call is answered
                 call_id, method, args = _request.decode(await _read_frame(reader))
                 task = asyncio.get_running_loop().create_task(
-                    self._answer(writer, call_id, method, args)
+                    self._answer(writer, slots, call_id, method, args)
                 )
                 self._tasks.add(task)  # a strong reference until it is done
                 task.add_done_callback(self._tasks.discard)
@@ -147,22 +185,37 @@ class WireServer:
             writer.close()
 
     async def _answer(
-        self, writer: asyncio.StreamWriter, call_id: int, method: str, args: list[Any]
+        self,
+        writer: asyncio.StreamWriter,
+        slots: asyncio.Semaphore,
+        call_id: int,
+        method: str,
+        args: list[Any],
     ) -> None:
         self.calls += 1
+        self.in_flight += 1
         try:
-            fn = self.methods.get(method)
-            if fn is None:
-                raise WireCallFailed(f"method {method!r} is not served on the wire")
-            result = await fn(*args)
-            if isinstance(result, bytes):
-                reply = _frame((call_id, BYTES, result))
-            else:
-                reply = _frame((call_id, OBJECT, pickle.dumps(result)))
-        except Exception as exc:
-            reply = _frame((call_id, ERROR, f"{type(exc).__name__}: {exc}"))
-        if not writer.is_closing():
-            writer.write(reply)
+            try:
+                fn = self.methods.get(method)
+                if fn is None:
+                    raise WireCallFailed(f"method {method!r} is not served on the wire")
+                result = await fn(*args)
+                if isinstance(result, bytes):
+                    reply = _frame((call_id, BYTES, result))
+                else:
+                    reply = _frame((call_id, OBJECT, pickle.dumps(result)))
+            except Exception as exc:
+                reply = _frame((call_id, ERROR, f"{type(exc).__name__}: {exc}"))
+            if not writer.is_closing():
+                writer.write(reply)
+                # A client that does not read keeps this call (and its slot) here;
+                # with nothing left in the buffer (the usual case) drain() is not needed.
+                if writer.transport.get_write_buffer_size():
+                    with contextlib.suppress(OSError):  # the client went: nobody to answer
+                        await writer.drain()
+        finally:
+            self.in_flight -= 1
+            slots.release()
 
 
 class WireLink:
@@ -183,13 +236,18 @@ class WireLink:
         if self.broken:
             raise WireBroken(f"{self.path}: closed")
         writer = self._writer or await self._connect()
+        if self.broken:  # closed while we waited to connect: nothing was sent
+            raise WireBroken(f"{self.path}: closed")
         self._next_id += 1
         call_id = self._next_id
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
             writer.write(_frame((call_id, method, list(args))))
-            kind, payload = await future
+            try:
+                kind, payload = await future
+            except WireBroken as exc:  # sent: the shard may have run it (see RETRY_SAFE)
+                raise WireReplyLost(f"{exc} (after the call was sent)") from None
         finally:
             self._pending.pop(call_id, None)
         self.calls += 1
@@ -228,7 +286,7 @@ class WireLink:
             self.close(error)
 
     def close(self, error: BaseException | None = None) -> None:
-        """Stop using the connection; calls still waiting fail with ``WireBroken``."""
+        """Stop using the connection; calls still waiting fail with ``WireReplyLost``."""
         self.broken = True
         if self._writer is not None:
             self._writer.close()

@@ -17,7 +17,13 @@ shards, used by ``serving/identity.py``. For both:
 - decide calls travel msgpack-packed both ways (:mod:`actors.decide_wire`);
 - a dead or restarting actor: retry with backoff within the call's deadline
   (events are idempotent by ``event_id``, so a retried batch is never double
-  counted), then ``Unavailable``.
+  counted), then ``Unavailable``;
+- the same-node wire (:mod:`actors.wire`) failing: a call it certainly did
+  not send goes through Ray at once; one whose connection broke after it was
+  sent is sent again only if repeating it is harmless (``RETRY_SAFE``:
+  events), else (decides) it is ``Unavailable`` and the ingress answers with
+  the fallback: the shard may already have decided, and deciding again would
+  count a second impression.
 
 Per-customer outcomes that only the caller can handle (``Expired`` decides,
 ``Erased`` profiles) are returned as they are.
@@ -40,7 +46,7 @@ from actors.coordinator import get_or_create_coordinator
 from actors.decide_wire import pack_requests, unpack_answers
 from actors.profiles import pack_events
 from actors.replies import Failed, Moved, ShardUnavailable, StaleEpoch
-from actors.wire import WIRE_METHODS, WireBroken, WireLink
+from actors.wire import RETRY_SAFE, WIRE_METHODS, WireBroken, WireLink, WireReplyLost
 from models.customer.events import Event
 from models.errors import Unavailable
 from models.partitioning import PartitionMap
@@ -195,8 +201,14 @@ class PartitionRouter:
                         self.wire_calls += 1
                         return reply
                     except WireBroken as exc:  # the shard restarted or moved: Ray, at once
-                        log.info("shard %s socket closed (%s); calling through Ray", shard, exc)
                         self._links.pop(shard, None)
+                        if isinstance(exc, WireReplyLost) and method not in RETRY_SAFE:
+                            raise Unavailable(
+                                f"shard {shard}: connection lost during {method}; not repeated",
+                                retry_after_s=1.0,
+                                code="shard_unavailable",
+                            ) from None
+                        log.info("shard %s socket closed (%s); calling through Ray", shard, exc)
                         remaining = max(deadline - time.monotonic(), 0.001)
                 ref = getattr(self.shards[shard], method).remote(*args)
                 self.ray_calls += 1

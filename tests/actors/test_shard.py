@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from actors.decisions import DecisionsMade
 from actors.replies import ShardUnavailable, StaleEpoch
@@ -95,6 +98,42 @@ async def test_one_keyed_request_twice_in_one_call_is_decided_once(tmp_path: Pat
     assert len(shard.engine.log) == 2
     again = await shard.decide([req], None, 1)  # and a later call answers the same
     assert again[0].decision_id == out[0].decision_id
+
+
+async def test_a_keyed_repeat_is_not_answered_before_the_decision_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call logs its decision, then awaits the group commit (a slow
+    # fsync, in a thread). A retry with the same key arriving meanwhile must
+    # wait for that commit too: a crash before it would lose the decision the
+    # retry was told about.
+    shard = make(tmp_path)
+    journal = shard.durable.journal
+    writing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def gated_fsync(fd: int) -> None:
+        writing.set()
+        release.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr("actors.journal.os.fsync", gated_fsync)
+    journal.slow_disk = True  # the next group commit is written in a thread
+    req = DecideRequest("a", ("web",), idempotency_key="retry:1")
+    first = asyncio.create_task(shard.decide([req], None, 1))
+    try:
+        assert await asyncio.to_thread(writing.wait, 5)  # the first call's commit is under way
+        second = asyncio.create_task(shard.decide([req], None, 1))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        assert not second.done()  # not acknowledged while the commit is still running
+        assert journal.commits == 0
+    finally:
+        release.set()
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert journal.commits == 1
+    assert a[0].decision_id == b[0].decision_id
+    assert len(shard.engine.log) == 1
 
 
 async def test_decisions_replay_from_both_journal_forms_without_the_explain_trace(

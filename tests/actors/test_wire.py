@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from actors.replies import StaleEpoch
-from actors.wire import WireBroken, WireCallFailed, WireLink, WireServer, socket_dir
+from actors.wire import WireBroken, WireCallFailed, WireLink, WireServer, _frame, socket_dir
 
 
 class Shard:
@@ -136,3 +138,83 @@ async def test_garbage_on_the_socket_drops_that_connection_only() -> None:
     finally:
         link.close()
         server.close()
+
+
+def listening(path: str) -> int:
+    """Sockets listening on ``path`` (``/proc/net/unix``; an unlinked path still shows)."""
+    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    accepting = 0x10000  # __SO_ACCEPTCON
+    return sum(1 for ln in lines
+               if ln.split()[-1] == path and int(ln.split()[3], 16) & accepting)  # fmt: skip
+
+
+async def test_callers_starting_the_socket_at_once_get_one_server() -> None:
+    # wire_address() is asked by every replica at once after a shard starts:
+    # one listening socket, not one per caller (the others leaked).
+    name = f"test-once-{os.getpid()}"
+    server = WireServer(name, {"decide_packed": Shard().decide_packed})
+    try:
+        paths = await asyncio.gather(*(server.start() for _ in range(5)))
+        assert len(set(paths)) == 1
+        assert [p.name for p in socket_dir().glob(f"{name}-*.sock")] == [Path(paths[0]).name]
+        assert listening(paths[0]) == 1
+        link = WireLink(paths[0])
+        assert await link.call("decide_packed", (b"a", None, 7)) == b"a!"
+        link.close()
+        assert await server.start() == paths[0]  # later callers get the same one
+    finally:
+        server.close()
+    assert listening(paths[0]) == 0
+    assert not list(socket_dir().glob(f"{name}-*.sock"))
+
+
+async def settled(read: object, most_s: float = 3.0) -> None:
+    """Wait until ``read()`` stops changing for 0.2 s (at most ``most_s``)."""
+    last, since, end = read(), time.monotonic(), time.monotonic() + most_s  # type: ignore[operator]
+    while time.monotonic() < end and time.monotonic() - since < 0.2:
+        await asyncio.sleep(0.02)
+        now = read()  # type: ignore[operator]
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+async def test_a_client_that_sends_without_reading_holds_at_most_the_bound_of_calls() -> None:
+    bound, reply = 32, b"r" * 32768
+
+    async def answer(blob: bytes, deadlines: list | None, epoch: int) -> bytes:
+        return reply
+
+    server = WireServer(f"test-bound-{os.getpid()}", {"decide_packed": answer}, max_calls=bound)
+    path = await server.start()
+    loop = asyncio.get_running_loop()
+    greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    greedy.setblocking(False)
+    link = WireLink(path)
+    sender: asyncio.Task | None = None
+    try:
+        await loop.sock_connect(greedy, path)
+        padding = b"p" * 1024  # 2 MB of requests: more than the socket buffers hold
+        frames = b"".join(_frame((i, "decide_packed", [padding, None, 7])) for i in range(2000))
+        sender = asyncio.create_task(loop.sock_sendall(greedy, frames))
+        await settled(lambda: server.calls)
+        # The replies of the calls started fill the socket and the shard's buffer;
+        # then every slot waits for the client to read, and the shard reads no more.
+        assert server.in_flight == bound
+        # + the replies the socket took before it was full (a unix socket's buffer: its sndbuf)
+        taken = 2 * greedy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // len(reply) + 4
+        assert server.calls <= bound + taken, server.calls
+        assert not sender.done()  # the client cannot send the rest: nobody reads them
+        # Another connection is served meanwhile.
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(link.call("decide_packed", (b"x", None, 7)) for _ in range(50))), 5
+        )
+        assert answers == [reply] * 50
+    finally:
+        if sender is not None:
+            sender.cancel()
+        greedy.close()
+        link.close()
+        await asyncio.sleep(0.05)
+        server.close()
+    await settled(lambda: server.in_flight)
+    assert server.in_flight == 0  # the greedy client's calls ended with its connection
