@@ -59,8 +59,7 @@ class DecisionsMade(JournalRecord):
         return [from_builtins(data) for data in self.records]
 
 
-_encode_records = msgspec.msgpack.Encoder().encode
-_encode_record = _encode_records
+_encode = msgspec.msgpack.Encoder().encode  # a record, or a list of packed ones
 _decode_records = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
 
 
@@ -75,11 +74,11 @@ def decisions_made(
     """
     blobs = []
     for r in records:
-        blob = _encode_record(r if r.trace is None else msgspec.structs.replace(r, trace=None))
+        blob = _encode(r if r.trace is None else msgspec.structs.replace(r, trace=None))
         if encoded is not None and r.trace is None:
             encoded[id(r)] = blob
         blobs.append(msgspec.Raw(blob))
-    return DecisionsMade(now, _encode_records(blobs))
+    return DecisionsMade(now, _encode(blobs))
 
 
 @journal_record("cat")

@@ -311,7 +311,14 @@ class InteractionHistory:
         :meth:`erase_async`.
         """
         self.flush()
-        return sum(self._erase_file(p, _encode(customer_id), customer_id) for p in self.files())
+        needle = _encode(customer_id)
+        return sum(self._erase_file(p, needle, customer_id) for p in self.files())
+
+    async def mentions_async(self, customer_id: str) -> bool:
+        """Whether any file may hold a row of the customer (read in a thread)."""
+        self.flush()
+        needle = _encode(customer_id)
+        return await asyncio.to_thread(lambda: any(_holds(p, needle) for p in self.files()))
 
     async def erase_async(self, customer_id: str) -> int:
         """:meth:`erase`, with the closed files read and rewritten in a thread.
@@ -348,10 +355,7 @@ class InteractionHistory:
 
     def _erase_file(self, path: Path, needle: bytes, customer_id: str) -> int:
         """Rewrite one file without the customer's rows; how many went."""
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return 0  # pruned meanwhile
+        data = _read(path)  # b"" when pruned meanwhile
         if needle not in data:
             return 0
         kept = []
@@ -377,6 +381,17 @@ class InteractionHistory:
                 tmp.unlink()
             return 0
         return removed
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _holds(path: Path, needle: bytes) -> bool:
+    return needle in _read(path)
 
 
 def _parse(line: bytes) -> dict | None:

@@ -223,6 +223,26 @@ class ProfileShardImpl(HandoffEndpoints):
         """The customer's history rows, erased in a thread (the loop keeps serving)."""
         return 0 if self.history is None else await self.history.erase_async(customer_id)
 
+    async def _erase_rows_left(self, customer_id: str) -> bool | Failed | ShardUnavailable:
+        """A customer known here only to the history files (a partition that moved
+        away, an evicted decision): erase those rows; False if there are none.
+
+        The erasure is journalled (and applied in memory, in case an event for
+        the id came while the files were read) before the files are rewritten,
+        so that recovery erases the rows too and replays in the same order.
+        Nothing is journalled for a customer no file names.
+        """
+        if self.history is None or not await self.history.mentions_async(customer_id):
+            return False
+        rec = ProfileErased(customer_id, time.time())
+        self._erase(rec, history=False)
+        failed = await self._record(rec)
+        if failed:
+            return failed
+        await self._erase_history(customer_id)
+        self.durable.note_erasure()
+        return True
+
     # -- guards and timer -----------------------------------------------------------------
 
     def _refuse(self, epoch: int, *customer_ids: str) -> Refused | None:
@@ -525,17 +545,7 @@ class ProfileShardImpl(HandoffEndpoints):
         unmove = MovesForgotten(customer_id)
         unmoved = self.handover.forget(unmove)
         if not (deleted or unmoved):
-            # Nothing in memory; rows on disk may still name the customer (a
-            # partition that moved away, an evicted decision). Journalled before
-            # the files are read, like below, so that recovery erases them too
-            # and events for the id that arrive meanwhile replay after it.
-            failed = await self._record(erased)
-            if failed:
-                return failed
-            if not await self._erase_history(customer_id):
-                return False
-            self.durable.note_erasure()
-            return True
+            return await self._erase_rows_left(customer_id)
         self.durable.append(erased)
         if unmoved:
             self.durable.append(unmove)
@@ -751,11 +761,7 @@ class ProfileShardImpl(HandoffEndpoints):
         rec = MovesForgotten(customer_id)
         absorbed = [a for a in self.handover.forget(rec) if a != customer_id]
         now = time.time()
-        if await self._erase_history(customer_id):
-            # Rows left here by a partition that moved away: the journal may still
-            # hold their decisions, so journal the erasure for recovery to honour.
-            self.durable.note_erasure()
-            await self._record(ProfileErased(customer_id, now))
+        await self._erase_rows_left(customer_id)  # rows a partition that moved away left here
         if not absorbed:
             return 0
         erased = [ProfileErased(a, now) for a in absorbed]

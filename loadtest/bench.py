@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -348,9 +349,14 @@ class CpuSnapshot:
     machine: float
 
     @classmethod
-    def take(cls, sid: int | None) -> CpuSnapshot:
+    def take(cls, sid: int | None, children: bool = False) -> CpuSnapshot:
+        """``children``: the client is this process's finished subprocesses too (a CLI run)."""
         server = launcher.session_cpu(sid) if sid else Counter()
-        return cls(time.monotonic(), server, time.process_time(), launcher.machine_busy_s())
+        client = time.process_time()
+        if children:
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            client += ru.ru_utime + ru.ru_stime
+        return cls(time.monotonic(), server, client, launcher.machine_busy_s())
 
     def since(self, before: CpuSnapshot, requests: int) -> dict[str, Any]:
         """Server CPU per request (warm-up included) and the share used by other processes."""

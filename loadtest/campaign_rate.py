@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.launcher import machine_busy_s, running_server, session_cpu
+from loadtest.bench import CpuSnapshot
+from loadtest.launcher import running_server
 
 
 def preload(url: str, work: Path, customers: int, env: dict[str, str], waves: int = 1) -> int:
@@ -58,31 +57,6 @@ def preload(url: str, work: Path, customers: int, env: dict[str, str], waves: in
     return members // waves
 
 
-class _CpuMeter:
-    """CPU of the server's processes, of our children (the campaign) and of the rest."""
-
-    def __init__(self, sid: int) -> None:
-        self.sid = sid
-        self.t0 = time.monotonic()
-        self.server0 = sum(session_cpu(sid).values())
-        self.child0 = _children_cpu()
-        self.busy0 = machine_busy_s()
-
-    def split(self) -> dict[str, float]:
-        wall = time.monotonic() - self.t0
-        server = sum(session_cpu(self.sid).values()) - self.server0
-        child = _children_cpu() - self.child0
-        other = max(0.0, machine_busy_s() - self.busy0 - server - child)
-        capacity = wall * (os.cpu_count() or 1)
-        pct = round(100.0 * other / capacity, 1) if capacity else 0.0
-        return {"server_s": server, "campaign_s": child, "other_cpu_pct": pct}
-
-
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_waves(
     url: str,
     sid: int,
@@ -110,9 +84,9 @@ def run_waves(
                "--segment", rule, "--channels", "email,outbound_call",
                "--campaign-id", f"rate-{r}", "--out", str(out), "--json", "--quiet",
                "--batch-size", str(batch_size), "--concurrency", str(concurrency)]  # fmt: skip
-        cpu = _CpuMeter(sid)
+        before = CpuSnapshot.take(sid, children=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-        split = cpu.split()
+        split = CpuSnapshot.take(sid, children=True).since(before, members)
         if done.returncode != 0:
             raise RuntimeError(f"campaign failed:\n{done.stderr[-2000:]}")
         summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -120,7 +94,7 @@ def run_waves(
             raise RuntimeError(f"expected {members} customers, got {summary}")
         rates.append(summary["decisions_per_s"])
         offered.append(round(1.0 - summary["no_message_share"], 3))
-        server_us.append(round(split["server_s"] / members * 1e6, 1))
+        server_us.append(split["server_cpu_us_per_request"])
         others.append(split["other_cpu_pct"])
         say(f"  wave {r + 1}: {summary['decisions_per_s']:,.0f} decisions/s "
             f"({summary['customers']:,} customers in {summary['seconds']} s, "

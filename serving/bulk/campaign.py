@@ -23,6 +23,7 @@ as long as those are still in their decision logs (``decision_log_size``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import logging
 import sys
@@ -329,20 +330,22 @@ class CampaignRun:
             batch: list[str] = []
             budget = None if opts.limit is None else max(0, opts.limit - len(self.done))
             try:
-                async for cid in self._segment(sender):
-                    if cid in self.done:
-                        self.summary.skipped_done += 1
-                        continue
-                    if budget is not None:
-                        if budget == 0:
-                            break
-                        budget -= 1
-                    self.done.add(cid)  # a segment listing a customer twice decides once
-                    batch.append(cid)
-                    if len(batch) >= opts.batch_size:
-                        await self._launch(sender, batch, in_flight)
-                        batch = []
-                        progress.update(self.summary.decided_this_run, None, self._counts())
+                # Closed as soon as the loop ends: a --limit stops the pages fetched ahead.
+                async with contextlib.aclosing(self._segment(sender)) as segment:
+                    async for cid in segment:
+                        if cid in self.done:
+                            self.summary.skipped_done += 1
+                            continue
+                        if budget is not None:
+                            if budget == 0:
+                                break
+                            budget -= 1
+                        self.done.add(cid)  # a segment listing a customer twice decides once
+                        batch.append(cid)
+                        if len(batch) >= opts.batch_size:
+                            await self._launch(sender, batch, in_flight)
+                            batch = []
+                            progress.update(self.summary.decided_this_run, None, self._counts())
                 if batch:
                     await self._launch(sender, batch, in_flight)
                 while in_flight:

@@ -163,7 +163,9 @@ async def test_a_customer_known_only_to_the_history_is_erased_and_stays_erased(
     shard.engine.log.erase("old")  # evicted from the log; the profile was never stored
     shard.profiles.store.delete("old")
     assert await shard.delete_profile("old", 1) is True  # rows on disk count
+    lsn = shard.durable.journal.lsn
     assert await shard.delete_profile("never-seen", 1) is False
+    assert shard.durable.journal.lsn == lsn  # no file names it: nothing journalled
     shard.durable.close()
     shard.history.close()
     again = make(tmp_path)
