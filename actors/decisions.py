@@ -18,6 +18,7 @@ arms need, loaded when a catalogue naming them is activated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import msgspec
 
 from actors.durable import JournalRecord, journal_record
 from actors.history import InteractionHistory, row_context
+from actors.journal import Deferred, PackedItems
 from actors.learning import Learning
 from actors.reporting import ReportBook
 from models.customer.events import Event
@@ -93,6 +95,11 @@ class ModelActivated(JournalRecord):
     version: str
 
 
+def _packed_later(build: Callable[[], list[bytes]]) -> Deferred:
+    """The decision log's records, packed in the snapshot writer's thread."""
+    return Deferred(lambda: PackedItems(build()))
+
+
 class DecisionEngine:
     """Decides for one shard's customers and remembers what it decided."""
 
@@ -137,7 +144,7 @@ class DecisionEngine:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "decisions": [to_builtins(r) for r in self.log.records()],
+            "decisions": _packed_later(self.log.captured()),
             "catalog": self.catalog.to_dict(),
             "model_version": self.model_version,
         }

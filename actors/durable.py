@@ -85,6 +85,10 @@ class DurableOwner(Protocol):
     def load_snapshot(self, state: dict) -> None: ...
     def snapshot_state(self) -> dict: ...
 
+    # Optional: ``snapshot_sync() -> Callable[[], None] | None``, called right
+    # after ``snapshot_state``; what it returns runs in the writer's thread before
+    # the journal behind the snapshot is deleted (the shard fsyncs its history).
+
 
 class DurableState:
     """Keeps one owner's in-memory state durable (see the module docstring)."""
@@ -201,9 +205,11 @@ class DurableState:
         upto = self.journal.rotate()
         state = self.owner.snapshot_state()
         state["lsn"] = self.journal.lsn
+        sync = getattr(self.owner, "snapshot_sync", None)
+        first = sync() if sync is not None else None
         started = time.monotonic()
         try:
-            size = await asyncio.to_thread(self.journal.write_snapshot, upto, state)
+            size = await asyncio.to_thread(self.journal.write_snapshot, upto, state, first)
         except OSError as exc:
             self.degraded = f"snapshot failed: {exc.strerror or exc}"
             raise Unavailable(self.degraded, 5.0, code="storage_unavailable") from None

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ LATE_ROW_S = 3600.0
 ERASE_INLINE_BYTES = 1 << 20  # an open file up to this size is erased on the event loop
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+
+
+def _nothing() -> None:
+    pass
 
 
 def row_context(packed_profile: bytes, req: DecideRequest) -> dict[str, Any]:
@@ -155,12 +159,26 @@ class InteractionHistory:
         if self._size >= self.file_bytes or time.time() - self._opened_at >= self.file_s:
             self._close()
 
-    def sync(self) -> None:
-        """fsync the open file (at snapshots, before the journal compacts)."""
+    def sync_later(self) -> Callable[[], None]:
+        """Flush now; the function returned fsyncs what was flushed (at snapshots,
+        before the journal compacts; call it in a thread: an fsync can take a
+        while and the loop goes on). It syncs a duplicate of the file's
+        descriptor, so a rotation meanwhile (which fsyncs and closes the file)
+        does not matter."""
         self.flush()
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fh.fileno())
+        if self._fh is None:
+            return _nothing
+        fd = os.dup(self._fh.fileno())
+
+        def sync() -> None:
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+        return sync
 
     def _file(self) -> Any:
         if self._fh is None:

@@ -39,6 +39,61 @@ from models.errors import Unavailable
 
 log = logging.getLogger("rtim.journal")
 
+PIECEWISE_MIN = 256  # snapshot containers at least this long are packed item by item
+
+
+class Deferred:
+    """A snapshot value built later, in :meth:`Journal.write_snapshot`'s thread.
+
+    ``build`` must be safe to call from that thread while the event loop goes on
+    (it reads only what it captured when the snapshot was taken).
+    """
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+
+
+class PackedItems(list):
+    """A snapshot list whose items are msgpack already (written as they are)."""
+
+
+def pack_state(state: dict[str, Any]) -> bytes:
+    """``msgpack.packb(state)``, byte for byte, packed piece by piece.
+
+    One ``packb`` call holds the GIL from the first byte to the last, so a
+    snapshot written "in a thread" still stopped the shard's event loop for as
+    long as it took to pack every profile and decision (about 60 ms for 20,000
+    profiles and 10,000 decisions). Packed item by item, the loop gets the GIL
+    back every ``sys.getswitchinterval()``. The top level's values and the
+    items of its large dicts and lists are packed one call each: those
+    containers must be the snapshot's own copies; :class:`Deferred` values
+    are built here first, and :class:`PackedItems` are written as they are.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(state))]
+    for key, value in state.items():
+        if isinstance(value, Deferred):
+            value = value.build()
+        parts.append(packer.pack(key))
+        if isinstance(value, PackedItems):
+            parts.append(packer.pack_array_header(len(value)))
+            parts.extend(value)
+        elif isinstance(value, dict) and len(value) >= PIECEWISE_MIN:
+            parts.append(packer.pack_map_header(len(value)))
+            for k, v in value.items():
+                parts.append(packer.pack(k))
+                parts.append(packer.pack(v))
+        elif isinstance(value, list) and len(value) >= PIECEWISE_MIN:
+            parts.append(packer.pack_array_header(len(value)))
+            for item in value:
+                parts.append(packer.pack(item))
+        else:
+            parts.append(packer.pack(value))
+    return b"".join(parts)
+
+
 _HEADER = struct.Struct("<II")
 _SEGMENT = re.compile(r"^journal-(\d{8})\.log$")
 _SNAPSHOT = re.compile(r"^snapshot-(\d{8})\.msgpack$")
@@ -290,12 +345,17 @@ class Journal:
         self._next_segment = closed + 1
         return closed
 
-    def write_snapshot(self, upto: int, state: Any) -> int:
+    def write_snapshot(self, upto: int, state: Any, first: Callable[[], None] | None = None) -> int:
         """Atomically write the state covering segments ``<= upto``; compact.
 
-        Blocking: run it in a thread. Returns the snapshot's size in bytes.
+        Blocking: run it in a thread (it lets the loop run between the pieces
+        it packs, :func:`pack_state`). Returns the snapshot's size in bytes.
         """
-        data = msgpack.packb(state, use_bin_type=True)
+        try:
+            data = pack_state(state)
+        finally:
+            if first is not None:
+                first()  # e.g. fsync what the journal's records also wrote elsewhere
         replace_file(self.snap_path(upto), data)
         for n in self.segments():
             if n <= upto:

@@ -85,7 +85,7 @@ class ProfileBook:
     def snapshot(self) -> dict[str, Any]:
         self.prune(time.time())
         return {
-            "profiles": dict(self.store.items()),
+            "profiles": self.store.copy(),
             "erased": dict(self.erased),
             "erased_salt": self._salt,
         }

@@ -185,9 +185,12 @@ class ProfileShardImpl(HandoffEndpoints):
         self.learning.load_snapshot(state, self.engine.log)
         self.reports.load_snapshot(state)
 
+    def snapshot_sync(self) -> Callable[[], None] | None:
+        """The history rows so far, flushed; the function fsyncs them (the journal
+        compacts behind the snapshot, and recovery rewrites rows only after it)."""
+        return None if self.history is None else self.history.sync_later()
+
     def snapshot_state(self) -> dict:
-        if self.history is not None:
-            self.history.sync()  # the journal compacts behind this snapshot
         return {
             "v": 1,
             "shard": self.index,

@@ -54,6 +54,10 @@ class ProfileStore:
     def items(self) -> Iterable[tuple[str, bytes]]:
         return list(self._blobs.items())
 
+    def copy(self) -> dict[str, bytes]:
+        """Every customer id and blob, as a new dict (one C-level copy: cheap)."""
+        return self._blobs.copy()
+
     def delete(self, customer_id: str) -> bool:
         return self._blobs.pop(customer_id, None) is not None
 

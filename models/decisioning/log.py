@@ -8,9 +8,12 @@ attributed to them; ``GET /v1/decisions/{id}`` shows their log entries.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-from models.decisioning.record import DecisionRecord
+import msgspec
+
+from models.decisioning.record import DecisionRecord, to_builtins
 
 
 class DecisionLog:
@@ -72,3 +75,36 @@ class DecisionLog:
 
     def records(self) -> list[DecisionRecord]:
         return list(self._records.values())
+
+    def captured(self) -> Callable[[], list[bytes]]:
+        """The log as of now, in its journal form, packed when the result is called.
+
+        Capturing is cheap (a reference and two lengths per record), so a
+        snapshot can pack the records later in a thread while decisions go on.
+        Each item is one record's msgpack (what :func:`to_builtins` gives,
+        packed). A logged record changes only by appending to ``outcomes`` and
+        ``learned``; what was appended after the capture is cut off again, so
+        the result is the log as it was (records added or evicted since do not
+        matter: the capture holds its own references). Packing makes no
+        container objects, so it gives the garbage collector nothing to do.
+        """
+        marks = [(r, len(r.outcomes), len(r.learned)) for r in self._records.values()]
+
+        def build() -> list[bytes]:
+            encode = msgspec.msgpack.Encoder().encode
+            out = []
+            for record, outcomes, learned in marks:
+                if (
+                    record.trace is None
+                    and len(record.outcomes) == outcomes
+                    and len(record.learned) == learned
+                ):
+                    out.append(encode(record))
+                else:
+                    data = to_builtins(record)
+                    del data["outcomes"][outcomes:]
+                    del data["learned"][learned:]
+                    out.append(encode(data))
+            return out
+
+        return build

@@ -6,9 +6,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from actors.journal import Journal, read_records
+from actors.journal import Deferred, Journal, PackedItems, pack_state, read_records
 from models.errors import Unavailable
 
 
@@ -174,3 +175,21 @@ def test_read_records_of_empty_file(tmp_path: Path) -> None:
     f = tmp_path / "journal-00000001.log"
     f.write_bytes(b"")
     assert read_records(f) == ([], 0)
+
+
+def test_pack_state_writes_what_packb_writes() -> None:
+    """Packed piece by piece (the loop runs between pieces), byte for byte the same."""
+    big_map = {f"c{i}": bytes([i % 256]) * (i % 50) for i in range(1000)}
+    big_list = [{"i": i, "x": [i, str(i)]} for i in range(700)]
+    packed = [msgpack.packb({"d": i}) for i in range(300)]
+    state = {
+        "v": 1,
+        "profiles": big_map,
+        "small": {"a": 1},
+        "decisions": Deferred(lambda: PackedItems(packed)),
+        "rows": big_list,
+        "few": [1, 2],
+    }
+    plain = dict(state, decisions=[{"d": i} for i in range(300)])
+    assert pack_state(state) == msgpack.packb(plain, use_bin_type=True)
+    assert msgpack.unpackb(pack_state(state), strict_map_key=False) == plain
