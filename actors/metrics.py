@@ -27,9 +27,11 @@ OTHER = "other"
 # Every metric this module defines (Prometheus adds the ``ray_`` prefix).
 METRIC_NAMES = ("rtim_decisions_total", "rtim_offers_chosen_total", "rtim_responses_total",
                 "rtim_events_applied_total", "rtim_journal_commit_seconds",
-                "rtim_model_updates_total", "rtim_profiles")  # fmt: skip
+                "rtim_model_updates_total", "rtim_profiles", "rtim_loop_pause_seconds")  # fmt: skip
 OUTCOMES = frozenset({"accepted", "rejected", "clicked", "ignored"})
 # Seconds; group commits are ~0.1 ms without fsync and a few ms with it.
+# Seconds a shard's event loop was held past actors/loopwatch.py's SLOW_S (25 ms).
+PAUSE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 COMMIT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                   1.0]  # fmt: skip
 
@@ -94,6 +96,12 @@ class _Metrics:
         self.profiles = Gauge(
             "rtim_profiles", "Profiles held per profile shard.", tag_keys=("shard",)
         )
+        self.pauses = Histogram(
+            "rtim_loop_pause_seconds",
+            "Pauses of a profile shard's event loop longer than 25 ms (nothing else ran).",
+            boundaries=PAUSE_BUCKETS,
+            tag_keys=("shard",),
+        )
 
     @classmethod
     def get(cls) -> _Metrics:
@@ -152,8 +160,9 @@ class ShardMetrics:
         if len(self._commits) < self.MAX_PENDING:
             self._commits.append(seconds)
 
-    def flush(self, profiles: int) -> None:
-        """Report what is kept between ticks: counts, commit latencies, the profile count."""
+    def flush(self, profiles: int, pauses: Iterable[float] = ()) -> None:
+        """Report what is kept between ticks: counts, commit latencies, the profile
+        count, the event loop's pauses."""
         decisions, offers, responses = self._decisions, self._offers, self._responses
         self._decisions, self._offers, self._responses = {}, {}, {}
         for (channel, kind), n in decisions.items():
@@ -169,6 +178,8 @@ class ShardMetrics:
         for seconds in commits:
             self.m.commit.observe(seconds, self.shard)
         self.m.profiles.set(profiles, self.shard)
+        for seconds in pauses:
+            self.m.pauses.observe(seconds, self.shard)
 
     def model_update(self, kind: str) -> None:
         self.m.model_updates.inc(1, {**self.shard, "kind": kind})

@@ -58,6 +58,7 @@ from actors.handover import (
 )
 from actors.history import InteractionHistory
 from actors.learning import Learning, ModelFrozen, ModelsReset, OutcomesTimedOut
+from actors.loopwatch import LoopWatch
 from actors.metrics import ShardMetrics
 from actors.ownership import Ownership
 from actors.profiles import EventsApplied, ProfileBook, ProfileErased, unpack_events
@@ -151,6 +152,8 @@ class ProfileShardImpl(HandoffEndpoints):
             },
         )
         self.metrics = ShardMetrics(index)
+        self.loop_watch = LoopWatch()
+        self.loop_watch_task: asyncio.Task | None = None
         self.durable.journal.observe = self.metrics.committed
         self.started_at = time.time()
         self.slow_s = 0.0  # test hook: artificial delay in decide and events
@@ -261,7 +264,9 @@ class ProfileShardImpl(HandoffEndpoints):
 
     def _ensure_timer(self) -> None:
         if self.timer is None:
-            self.timer = asyncio.get_running_loop().create_task(self._timer_loop())
+            loop = asyncio.get_running_loop()
+            self.timer = loop.create_task(self._timer_loop())
+            self.loop_watch_task = loop.create_task(self.loop_watch.run())
 
     async def _timer_loop(self) -> None:
         merged_at = pruned_at = 0.0
@@ -270,7 +275,7 @@ class ProfileShardImpl(HandoffEndpoints):
             if time.time() - merged_at >= self.settings.learning_merge_interval_s:
                 merged_at = time.time()
                 await self._merge_learning()
-            self.metrics.flush(len(self.profiles.store))
+            self.metrics.flush(len(self.profiles.store), self.loop_watch.take_pending())
             await self.expire_outcomes()
             recovered = self.durable.recovered
             self.durable.tick()
@@ -420,6 +425,7 @@ class ProfileShardImpl(HandoffEndpoints):
             # Ray runs async actors on uvloop when it is installed (it is a dependency).
             "event_loop": type(asyncio.get_running_loop()).__module__,
             "gc_frozen": gc.get_freeze_count(),  # the start-up heap (actors/heap.py)
+            "loop": self.loop_watch.stats(),  # the event loop's pauses (actors/loopwatch.py)
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

@@ -38,7 +38,7 @@ REFERENCE_READY_S = 600.0
 _MEDIANS = ("rps", "decided_rps", "fallback_share", "no_message_share", "p50_ms", "p90_ms",
             "p99_ms", "max_ms",
             "server_cpu_us_per_request", "client_cpu_pct_of_core", "other_cpu_pct")  # fmt: skip
-_SUMS = ("requests", "decisions", "fallbacks", "rejected_503", "errors")
+_SUMS = ("requests", "decisions", "fallbacks", "rejected_503", "errors", "loop_pauses")
 
 
 @contextmanager
@@ -78,8 +78,23 @@ def _answers(url: str, api_key: str) -> bool:
         return False
 
 
-def measured(run: Callable[[], dict[str, Any]], server_cpu: Callable[[], float]) -> dict[str, Any]:
-    """``run()`` with the server's CPU per request and other processes' share of the machine."""
+def loop_pauses(url: str) -> tuple[int, float]:
+    """The shards' event-loop pauses so far (count, seconds; actors/loopwatch.py)."""
+    status, body = launcher.http_json(url + "/v1/admin/shards", timeout_s=30.0)
+    if status != 200 or not isinstance(body, dict):
+        return 0, 0.0
+    loops = [s.get("loop") or {} for s in body.get("shards", [])]
+    return sum(w.get("pauses", 0) for w in loops), sum(w.get("paused_s", 0.0) for w in loops)
+
+
+def measured(
+    run: Callable[[], dict[str, Any]],
+    server_cpu: Callable[[], float],
+    pauses: Callable[[], tuple[int, float]] | None = None,
+) -> dict[str, Any]:
+    """``run()`` with the server's CPU per request, other processes' share of the
+    machine and (with ``pauses``) how often the shards' event loops stood still."""
+    paused0 = pauses() if pauses is not None else None
     cpu0, busy0, wall0 = server_cpu(), launcher.machine_busy_s(), time.monotonic()
     res = run()
     server = server_cpu() - cpu0
@@ -87,6 +102,10 @@ def measured(run: Callable[[], dict[str, Any]], server_cpu: Callable[[], float])
     other = max(launcher.machine_busy_s() - busy0 - server - res["client_cpu_s"], 0.0)
     res["server_cpu_us_per_request"] = round(server / max(res["requests"], 1) * 1e6, 1)
     res["other_cpu_pct"] = round(100.0 * other / capacity, 1)
+    if paused0 is not None and pauses is not None:
+        n, secs = pauses()
+        res["loop_pauses"] = n - paused0[0]
+        res["loop_paused_ms"] = round((secs - paused0[1]) * 1e3, 1)
     return res
 
 
@@ -121,6 +140,9 @@ def measure_external(
     def rtim_cpu() -> float:
         return sum(launcher.session_cpu(sid).values()) if sid else 0.0
 
+    def rtim_pauses() -> tuple[int, float]:
+        return loop_pauses(url)
+
     def wrk(target: str, path: str, conns: int, **kw: Any) -> dict[str, Any]:
         customers = reference_profiles if target != url else profiles
         return run_wrk(target, path, conns, duration_s, api_key=api_key, customers=customers, **kw)
@@ -134,12 +156,12 @@ def measure_external(
 
         for rep in range(repeats):
             for level in levels:
-                for row, target, path, cpu in (
-                    ("noop", url, "/noop", rtim_cpu),
-                    ("decide", url, "/v1/decide", rtim_cpu),
-                    ("reference", ref, "/v1/decide", ref_cpu),
+                for row, target, path, cpu, paused in (
+                    ("noop", url, "/noop", rtim_cpu, None),
+                    ("decide", url, "/v1/decide", rtim_cpu, rtim_pauses),
+                    ("reference", ref, "/v1/decide", ref_cpu, None),
                 ):
-                    r = measured(lambda: wrk(target, path, level), cpu)  # noqa: B023
+                    r = measured(lambda: wrk(target, path, level), cpu, paused)  # noqa: B023
                     runs[row].setdefault(level, []).append(r)
                     say(_line(f"rep {rep + 1} c={level:<4} {row}", r))
     out: dict[str, Any] = {
@@ -156,7 +178,11 @@ def measure_external(
     overload: dict[str, Any] = {}
     for level in overload_levels:
         for mode, headers in (("fallback", None), ("reject", {"RTIM-On-Overload": "reject"})):
-            r = measured(lambda: wrk(url, "/v1/decide", level, headers=headers), rtim_cpu)  # noqa: B023
+            r = measured(
+                lambda: wrk(url, "/v1/decide", level, headers=headers),  # noqa: B023
+                rtim_cpu,
+                rtim_pauses,
+            )
             r["goodput_share_of_best"] = round(r["decided_rps"] / best, 4) if best else None
             overload.setdefault(str(level), {})[mode] = r
             say(_line(f"overload c={level:<5} on_overload={mode}", r))
@@ -174,6 +200,8 @@ def _line(label: str, r: dict[str, Any]) -> str:
         fb += f"  no message {r['no_message_share']:.0%}"
     rej = f"  503s {r['rejected_503']}" if r["rejected_503"] else ""
     err = f"  ERRORS {r['errors']}" if r["errors"] else ""
+    if r.get("loop_pauses"):
+        err += f"  shard loop pauses {r['loop_pauses']} ({r['loop_paused_ms']:,.0f} ms)"
     return (
         f"  {label:<34}{r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms"
         f"{fb}{rej}{err}  (wrk {r['client_cpu_pct_of_core']:.0f}% of a core, "

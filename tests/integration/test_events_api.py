@@ -146,6 +146,8 @@ async def test_shards_report_stats_and_run_on_uvloop(client: httpx.AsyncClient) 
         assert s["degraded"] is None and s["memory_bytes"] >= 0
         # The actor froze its start-up heap (actors/heap.py): Ray's and the imports' objects.
         assert s["gc_frozen"] > 10_000
+        # Its loop is watched for pauses (actors/loopwatch.py) from the first call on.
+        assert s["loop"]["wakeups"] > 0 and s["loop"]["pauses"] >= 0
     for i in range(2):  # the identity shards too
         ping = await ray.get_actor(identity_name(i), namespace=NAMESPACE).ping.remote()
         assert ping["gc_frozen"] > 10_000, ping
