@@ -115,7 +115,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
         out[k] = round(statistics.median(values), 4) if values else None
     for k in _SUMS:
-        out[k] = sum(r[k] for r in runs)
+        if any(k in r for r in runs):  # loop_pauses: RTIM's rows only
+            out[k] = sum(r.get(k, 0) for r in runs)
     out["rps_each"] = [r["rps"] for r in runs]
     out["repeats"] = len(runs)
     return out

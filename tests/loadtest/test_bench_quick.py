@@ -107,6 +107,8 @@ def test_quick_benchmark_reports_every_number_without_errors(tmp_path: Path) -> 
         assert r["requests"] > 0 and r["errors"] == 0, (row, r)
         assert r["client_cpu_pct_of_core"] < 100, (row, r)  # wrk is not the bottleneck
     assert ext["decide"]["16"]["fallback_share"] is not None
+    assert ext["decide"]["16"]["loop_pauses"] >= 0  # the shards' own loops, counted
+    assert "loop_pauses" not in ext["noop"]["16"]
     assert 0.0 <= ext["decide"]["16"]["no_message_share"] <= 1.0  # caps flatter decide rows
     assert 0 < ext["ratio_decide_to_reference"]["16"] < 5
     for mode, r in ext["overload"]["256"].items():
