@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint format model install clean bench-learning browser
+.PHONY: serve test lint format model install clean bench-learning bench-learning-ideal browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 # Adaptive models against an oracle in a simulated world, over the real API (see loadtest/learning.py).
 bench-learning: $(STAMP)
 	$(PY) -m loadtest.learning $(ARGS)
+
+# Idealised learners (told the world's structure) on the same world: what the target asks.
+bench-learning-ideal: $(STAMP)
+	$(PY) -m loadtest.learning_ideal $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
