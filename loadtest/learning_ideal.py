@@ -18,7 +18,10 @@ idealised learners that are handed what the server has to learn:
 Learners: Thompson sampling (the server's scheme), Bayes-UCB-like optimism
 (posterior mean + z·√log t standard deviations for offers, the mean for "no
 message"), greedy (posterior mean), ε-greedy and explore-then-commit (every
-arm m times per context, then greedy). Each runs for several world seeds and
+arm m times per context, then greedy). Thompson sampling also runs warm:
+its posteriors first learn from 5,000 or 20,000 logged decisions of a
+uniformly random policy (what a model trained on last month's campaign
+would know). Each runs for several world seeds and
 learner seeds; the report is the mean, spread and extremes of the fraction of
 the oracle's value, which says what the cold-start target asks of a learner.
 
@@ -68,9 +71,11 @@ class Learner:
     contexts: str  # "segment_region" or "segment"
     prior: tuple[float, float]
     scorer: Scorer
+    history: int = 0  # logged decisions of a uniformly random policy learned before the run
 
     def label(self) -> str:
-        return f"{self.name}, {self.contexts}, Beta{self.prior}"
+        warm = f", after {self.history:,} logged" if self.history else ""
+        return f"{self.name}, {self.contexts}, Beta{self.prior}{warm}"
 
 
 def thompson(a: np.ndarray, b: np.ndarray, n: np.ndarray, t: int, rng: np.random.Generator):
@@ -118,6 +123,8 @@ def learners() -> list[Learner]:
     for ctx in ("segment_region", "segment"):
         out += [
             Learner("thompson", ctx, SERVER_PRIOR, thompson),
+            Learner("thompson", ctx, SERVER_PRIOR, thompson, history=5_000),
+            Learner("thompson", ctx, SERVER_PRIOR, thompson, history=20_000),
             Learner("thompson", ctx, (1.0, 1.0), thompson),
             *(Learner(f"bayes_ucb z={z:g}", ctx, SERVER_PRIOR, bayes_ucb(z)) for z in (0.5, 1, 2)),
             Learner("greedy", ctx, SERVER_PRIOR, greedy),
@@ -139,6 +146,16 @@ def play(world: World, learner: Learner, seed: int, learner_seed: int) -> float:
     alpha = np.full((n_ctx, len(ACTIONS)), learner.prior[0])
     beta = np.full((n_ctx, len(ACTIONS)), learner.prior[1])
     pulls = np.zeros((n_ctx, len(ACTIONS)))
+    logged = np.random.default_rng(seed + 3)  # a warm start: last month's random campaign
+    for c in logged.integers(len(world.segments), size=learner.history):
+        s, r = world.context(int(c))
+        k = SEGMENTS.index(s) * (len(REGIONS) if by_region else 1) + (
+            REGIONS.index(r) if by_region else 0
+        )
+        j = int(logged.integers(len(ACTIONS)))
+        y = logged.random() < true_rate(ACTIONS[j], s, r)
+        alpha[k, j] += y
+        beta[k, j] += 1 - y
     got = best = 0.0
     for start in range(0, len(world.stream), BATCH):
         batch = [world.context(int(c)) for c in world.stream[start : start + BATCH]]
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             "learner": learner.name,
             "contexts": learner.contexts,
             "prior": list(learner.prior),
+            "history": learner.history,
             "mean": round(float(np.mean(runs)), 4),
             "sd": round(float(np.std(runs, ddof=1)), 4) if len(runs) > 1 else 0.0,
             "min": round(min(runs), 4),
