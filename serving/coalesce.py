@@ -45,7 +45,7 @@ class DecideCoalescer:
     """Batches decide requests per shard; ``region`` does the actual calls."""
 
     def __init__(
-        self, region: Any, max_batch: int = 64, max_calls: int = 2, max_queue: int = 1024
+        self, region: Any, max_batch: int = 64, max_calls: int = 1, max_queue: int = 1024
     ) -> None:
         if max_batch < 1 or max_calls < 1 or max_queue < 1:
             raise ValueError("max_batch, max_calls and max_queue must be >= 1")
