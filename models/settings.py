@@ -54,7 +54,7 @@ class Settings:
     max_inflight_per_replica: int = 1024  # requests in one ingress replica; then 503
     max_inflight_per_shard: int = 256  # calls from one replica to one shard; then 503
     coalesce_max_batch: int = 64  # decide requests per shard call
-    coalesce_max_calls: int = 1  # decide calls in flight per shard per replica (README, Performance)
+    coalesce_max_calls: int = 1  # decide calls in flight per shard per replica (README)
     # HAProxy lets at most this many decides into one replica at once; more wait in
     # HAProxy's queue up to half of decide_deadline_ms, then 503 (README, Decide). 0 = off.
     edge_decide_maxconn: int = 32

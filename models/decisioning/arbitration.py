@@ -173,7 +173,9 @@ def _decide_group(
         P = np.asarray(scorer.predict(X), dtype=np.float64).reshape(-1)
         if len(P) != len(X):
             raise ModelError(f"the model returned {len(P)} propensities for {len(X)} rows")
-        props = np.clip(np.nan_to_num(P, nan=0.0), 0.0, 1.0).tolist()
+        # NaN -> 0, then into [0, 1] (fmax/fmin skip NaN; np.nan_to_num + np.clip did
+        # the same at ~20 µs of Python per call, two ufuncs take ~2 µs).
+        props = np.fmin(np.fmax(P, 0.0), 1.0).tolist()
     version = str(getattr(scorer, "version", ""))
     out, start = [], 0
     for s, arm in zip(screens, arms):

@@ -496,3 +496,17 @@ def test_the_decision_log_finds_a_keyed_decision_until_it_is_evicted_or_erased()
     assert log.keyed("c-1", "campaign:x") is None
     log.erase("c-2")
     assert log.keyed("c-2", "campaign:x") is None
+
+
+def test_a_model_answering_nan_or_out_of_range_gives_propensities_in_0_1(demo: Catalog) -> None:
+    """NaN counts as 0, +inf as 1, anything else is clamped into [0, 1]."""
+
+    class Wild(FixedScorer):
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            wild = np.array([np.nan, np.inf, -np.inf, 1.7, -0.2, 0.4])
+            return np.resize(wild, len(X))
+
+    d = decide(customer(), request(explain=True), demo, Wild(), NOW)
+    props = [c["propensity"] for c in d.candidates]
+    assert props and all(0.0 <= p <= 1.0 for p in props), props
+    assert 0.0 in props and 1.0 in props
