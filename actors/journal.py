@@ -39,8 +39,6 @@ from models.errors import Unavailable
 
 log = logging.getLogger("rtim.journal")
 
-PIECEWISE_MIN = 256  # snapshot containers at least this long are packed item by item
-
 
 class Deferred:
     """A snapshot value built later, in :meth:`Journal.write_snapshot`'s thread.
@@ -55,6 +53,16 @@ class Deferred:
         self.build = build
 
 
+class Piecewise:
+    """A snapshot dict or list of the snapshot's own (nobody else changes it),
+    packed item by item."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: dict | list) -> None:
+        self.value = value
+
+
 class PackedItems(list):
     """A snapshot list whose items are msgpack already (written as they are)."""
 
@@ -66,10 +74,10 @@ def pack_state(state: dict[str, Any]) -> bytes:
     snapshot written "in a thread" still stopped the shard's event loop for as
     long as it took to pack every profile and decision (about 60 ms for 20,000
     profiles and 10,000 decisions). Packed item by item, the loop gets the GIL
-    back every ``sys.getswitchinterval()``. The top level's values and the
-    items of its large dicts and lists are packed one call each: those
-    containers must be the snapshot's own copies; :class:`Deferred` values
-    are built here first, and :class:`PackedItems` are written as they are.
+    back every ``sys.getswitchinterval()``. Each top-level value is packed in
+    one call (so a live structure is read at one instant, as before), except
+    :class:`Piecewise` ones, packed item by item, and :class:`PackedItems`,
+    written as they are; :class:`Deferred` values are built here first.
     """
     packer = msgpack.Packer(use_bin_type=True)
     parts = [packer.pack_map_header(len(state))]
@@ -80,14 +88,14 @@ def pack_state(state: dict[str, Any]) -> bytes:
         if isinstance(value, PackedItems):
             parts.append(packer.pack_array_header(len(value)))
             parts.extend(value)
-        elif isinstance(value, dict) and len(value) >= PIECEWISE_MIN:
-            parts.append(packer.pack_map_header(len(value)))
-            for k, v in value.items():
+        elif isinstance(value, Piecewise) and isinstance(value.value, dict):
+            parts.append(packer.pack_map_header(len(value.value)))
+            for k, v in value.value.items():
                 parts.append(packer.pack(k))
                 parts.append(packer.pack(v))
-        elif isinstance(value, list) and len(value) >= PIECEWISE_MIN:
-            parts.append(packer.pack_array_header(len(value)))
-            for item in value:
+        elif isinstance(value, Piecewise):
+            parts.append(packer.pack_array_header(len(value.value)))
+            for item in value.value:
                 parts.append(packer.pack(item))
         else:
             parts.append(packer.pack(value))

@@ -29,9 +29,9 @@ METRIC_NAMES = ("rtim_decisions_total", "rtim_offers_chosen_total", "rtim_respon
                 "rtim_events_applied_total", "rtim_journal_commit_seconds",
                 "rtim_model_updates_total", "rtim_profiles", "rtim_loop_pause_seconds")  # fmt: skip
 OUTCOMES = frozenset({"accepted", "rejected", "clicked", "ignored"})
-# Seconds; group commits are ~0.1 ms without fsync and a few ms with it.
 # Seconds a shard's event loop was held past actors/loopwatch.py's SLOW_S (25 ms).
 PAUSE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+# Seconds; group commits are ~0.1 ms without fsync and a few ms with it.
 COMMIT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                   1.0]  # fmt: skip
 

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from actors.durable import JournalRecord, journal_record
+from actors.journal import Piecewise
 from models.customer.events import Event
 from models.customer.profile import Profile
 from models.customer.store import ProfileStore
@@ -85,7 +86,7 @@ class ProfileBook:
     def snapshot(self) -> dict[str, Any]:
         self.prune(time.time())
         return {
-            "profiles": self.store.copy(),
+            "profiles": Piecewise(self.store.copy()),  # packed in the writer's thread
             "erased": dict(self.erased),
             "erased_salt": self._salt,
         }

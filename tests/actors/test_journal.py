@@ -9,7 +9,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from actors.journal import Deferred, Journal, PackedItems, pack_state, read_records
+from actors.journal import Deferred, Journal, PackedItems, Piecewise, pack_state, read_records
 from models.errors import Unavailable
 
 
@@ -184,12 +184,13 @@ def test_pack_state_writes_what_packb_writes() -> None:
     packed = [msgpack.packb({"d": i}) for i in range(300)]
     state = {
         "v": 1,
-        "profiles": big_map,
+        "profiles": Piecewise(big_map),
         "small": {"a": 1},
         "decisions": Deferred(lambda: PackedItems(packed)),
-        "rows": big_list,
+        "rows": Piecewise(big_list),
+        "live": dict(big_map),  # not the snapshot's own: packed in one call
         "few": [1, 2],
     }
-    plain = dict(state, decisions=[{"d": i} for i in range(300)])
+    plain = dict(state, profiles=big_map, rows=big_list, decisions=[{"d": i} for i in range(300)])
     assert pack_state(state) == msgpack.packb(plain, use_bin_type=True)
     assert msgpack.unpackb(pack_state(state), strict_map_key=False) == plain
