@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import msgpack
@@ -194,3 +195,28 @@ def test_pack_state_writes_what_packb_writes() -> None:
     plain = dict(state, profiles=big_map, rows=big_list, decisions=[{"d": i} for i in range(300)])
     assert pack_state(state) == msgpack.packb(plain, use_bin_type=True)
     assert msgpack.unpackb(pack_state(state), strict_map_key=False) == plain
+
+
+def test_a_live_dict_is_packed_in_one_call_while_the_loop_changes_it() -> None:
+    """Only a Piecewise container (the snapshot's own copy) is iterated item by item;
+    a live one changed meanwhile by the loop's thread must not break the snapshot."""
+    live = {f"k{i}": i for i in range(200_000)}  # tens of ms to iterate: GIL switches
+    stop = threading.Event()
+
+    def churn() -> None:  # the size differs every other turn (where threads switch)
+        i = 0
+        while not stop.is_set():
+            if i % 2:
+                live.pop("extra", None)
+            else:
+                live["extra"] = i
+            i += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(5):
+            msgpack.unpackb(pack_state({"live": live, "own": Piecewise(list(range(300)))}))
+    finally:
+        stop.set()
+        t.join()
