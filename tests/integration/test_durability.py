@@ -155,7 +155,9 @@ async def test_erasure_leaves_no_trace_on_disk_after_snapshot(
 async def test_overloaded_shard_answers_503_and_applies_nothing_it_refused(
     server: str, server_settings, client: httpx.AsyncClient
 ) -> None:
-    limit = server_settings.max_inflight_per_shard
+    # The bound is per ingress replica and shard (README, Configuration): each
+    # replica admits max_inflight_per_shard calls to shard 0 at once.
+    limit = server_settings.max_inflight_per_shard * server_settings.ingress_replicas
     customers = customers_on(0, server_settings, limit + 24, "busy")
     shard = ray.get_actor(shard_name(0), namespace=NAMESPACE)
     await shard.set_slow.remote(0.3)
