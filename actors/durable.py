@@ -85,9 +85,11 @@ class DurableOwner(Protocol):
     def load_snapshot(self, state: dict) -> None: ...
     def snapshot_state(self) -> dict: ...
 
-    # Optional: ``snapshot_sync() -> Callable[[], None] | None``, called right
-    # after ``snapshot_state``; what it returns runs in the writer's thread before
-    # the journal behind the snapshot is deleted (the shard fsyncs its history).
+    def snapshot_sync(self) -> Callable[[], None] | None:
+        """Called right after ``snapshot_state``; what it returns runs in the
+        writer's thread before the journal behind the snapshot is deleted (the
+        profile shard fsyncs its history files). None: nothing to sync."""
+        ...
 
 
 class DurableState:
@@ -205,8 +207,7 @@ class DurableState:
         upto = self.journal.rotate()
         state = self.owner.snapshot_state()
         state["lsn"] = self.journal.lsn
-        sync = getattr(self.owner, "snapshot_sync", None)
-        first = sync() if sync is not None else None
+        first = self.owner.snapshot_sync()
         started = time.monotonic()
         try:
             size = await asyncio.to_thread(self.journal.write_snapshot, upto, state, first)

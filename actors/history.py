@@ -168,7 +168,12 @@ class InteractionHistory:
         self.flush()
         if self._fh is None:
             return _nothing
-        fd = os.dup(self._fh.fileno())
+        try:
+            fd = os.dup(self._fh.fileno())
+        except OSError:  # out of descriptors: sync here, on the loop, as before
+            with contextlib.suppress(OSError):
+                os.fsync(self._fh.fileno())
+            return _nothing
 
         def sync() -> None:
             try:

@@ -141,6 +141,9 @@ class IdentityShardImpl(HandoffEndpoints):
     def snapshot_state(self) -> dict:
         return {"table": self.table.to_state(), **self.handoff.snapshot()}
 
+    def snapshot_sync(self) -> None:
+        return None  # nothing outside the journal and the snapshot
+
     def _claimed(self, rec: IdentifiersClaimed) -> None:
         for key, pid, ts in rec.entries:
             self.table.claim(key, pid, ts)

@@ -78,11 +78,12 @@ def _answers(url: str, api_key: str) -> bool:
         return False
 
 
-def loop_pauses(url: str) -> tuple[int, float]:
-    """The shards' event-loop pauses so far (count, seconds; actors/loopwatch.py)."""
+def loop_pauses(url: str) -> tuple[int, float] | None:
+    """The shards' event-loop pauses so far (count, seconds; actors/loopwatch.py);
+    None when the key may not read ``/v1/admin/shards`` (not reported, not 0)."""
     status, body = launcher.http_json(url + "/v1/admin/shards", timeout_s=30.0)
     if status != 200 or not isinstance(body, dict):
-        return 0, 0.0
+        return None
     loops = [s.get("loop") or {} for s in body.get("shards", [])]
     return sum(w.get("pauses", 0) for w in loops), sum(w.get("paused_s", 0.0) for w in loops)
 
@@ -90,7 +91,7 @@ def loop_pauses(url: str) -> tuple[int, float]:
 def measured(
     run: Callable[[], dict[str, Any]],
     server_cpu: Callable[[], float],
-    pauses: Callable[[], tuple[int, float]] | None = None,
+    pauses: Callable[[], tuple[int, float] | None] | None = None,
 ) -> dict[str, Any]:
     """``run()`` with the server's CPU per request, other processes' share of the
     machine and (with ``pauses``) how often the shards' event loops stood still."""
@@ -102,10 +103,10 @@ def measured(
     other = max(launcher.machine_busy_s() - busy0 - server - res["client_cpu_s"], 0.0)
     res["server_cpu_us_per_request"] = round(server / max(res["requests"], 1) * 1e6, 1)
     res["other_cpu_pct"] = round(100.0 * other / capacity, 1)
-    if paused0 is not None and pauses is not None:
-        n, secs = pauses()
-        res["loop_pauses"] = n - paused0[0]
-        res["loop_paused_ms"] = round((secs - paused0[1]) * 1e3, 1)
+    paused1 = pauses() if paused0 is not None and pauses is not None else None
+    if paused0 is not None and paused1 is not None:
+        res["loop_pauses"] = paused1[0] - paused0[0]
+        res["loop_paused_ms"] = round((paused1[1] - paused0[1]) * 1e3, 1)
     return res
 
 
@@ -141,7 +142,7 @@ def measure_external(
     def rtim_cpu() -> float:
         return sum(launcher.session_cpu(sid).values()) if sid else 0.0
 
-    def rtim_pauses() -> tuple[int, float]:
+    def rtim_pauses() -> tuple[int, float] | None:
         return loop_pauses(url)
 
     def wrk(target: str, path: str, conns: int, **kw: Any) -> dict[str, Any]:

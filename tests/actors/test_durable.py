@@ -55,6 +55,9 @@ class KeyValueOwner:
     def snapshot_state(self) -> dict:
         return {"data": dict(self.data)}
 
+    def snapshot_sync(self) -> None:
+        return None
+
     async def put(self, key: str, value: int) -> None:
         self.data[key] = value
         await self.durable.record(Put(key, value))
